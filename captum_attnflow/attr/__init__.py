@@ -1,0 +1,8 @@
+"""Stage 4 of the pipeline: Captum attribution classes built on capture + propagate."""
+
+from captum_attnflow.attr._base import AttentionAttributionBase
+from captum_attnflow.attr.attention_flow import AttentionFlow
+from captum_attnflow.attr.attention_rollout import AttentionRollout
+from captum_attnflow.attr.raw_attention import RawAttention
+
+__all__ = ["AttentionAttributionBase", "AttentionFlow", "AttentionRollout", "RawAttention"]

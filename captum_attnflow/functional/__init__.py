@@ -1,0 +1,21 @@
+"""Pure tensor functions: fuse heads, add the residual, propagate (rollout or flow).
+
+Nothing here touches a model or imports transformers; the inputs are attention
+weights as Hugging Face returns them (L tensors of shape ``(B, H, S, S)``).
+"""
+
+from captum_attnflow.functional._maxflow import FLOW_BACKENDS
+from captum_attnflow.functional.flow import attention_flow, flow_from_transitions
+from captum_attnflow.functional.fusion import discard_lowest, fuse_heads, transition_matrices
+from captum_attnflow.functional.rollout import attention_rollout, rollout_from_transitions
+
+__all__ = [
+    "FLOW_BACKENDS",
+    "attention_flow",
+    "attention_rollout",
+    "discard_lowest",
+    "flow_from_transitions",
+    "fuse_heads",
+    "rollout_from_transitions",
+    "transition_matrices",
+]

@@ -1,0 +1,48 @@
+"""Attention rollout (Abnar & Zuidema, 2020, Sec. 3, Eq. 1)."""
+
+from typing import Optional
+
+import torch
+
+from captum_attnflow.functional.fusion import transition_matrices
+
+
+def rollout_from_transitions(transitions: torch.Tensor) -> torch.Tensor:
+    """Chain ``(L, B, S, S)`` matrices ``Â_l`` into ``R_1 = Â_1``, ``R_l = Â_l · R_{l−1}``."""
+    rollout_matrices = torch.empty_like(transitions)
+    running = transitions[0]
+    rollout_matrices[0] = running
+    for layer in range(1, transitions.shape[0]):
+        running = torch.matmul(transitions[layer], running)
+        rollout_matrices[layer] = running
+    return rollout_matrices
+
+
+def attention_rollout(attentions, *, head_fusion: str = "mean", residual_weight: float = 0.5,
+                      discard_ratio: float = 0.0,
+                      attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Rollout matrix after every layer, shape ``(L, B, S, S)``.
+
+    Row ``i`` of ``result[l, b]`` says how token ``i`` after layer ``l + 1`` draws on the
+    input tokens; every row sums to 1.
+
+    Args:
+        attentions: L tensors ``(B, H, S, S)`` (Hugging Face ``outputs.attentions``) or one
+            ``(L, B, H, S, S)`` tensor.
+        head_fusion: ``"mean"`` | ``"max"`` | ``"min"`` over heads.
+        residual_weight: ``w`` in ``Â = w·I + (1−w)·A`` (rows renormalised); paper: 0.5.
+        discard_ratio: fraction of the smallest fused weights per row zeroed first.
+        attention_mask: optional ``(B, S)`` 0/1 padding mask; see
+            :func:`~captum_attnflow.functional.transition_matrices`.
+
+    Example:
+        >>> import torch
+        >>> from captum_attnflow.functional import attention_rollout
+        >>> attentions = [torch.softmax(torch.randn(1, 2, 5, 5), -1) for _ in range(3)]
+        >>> attention_rollout(attentions).shape
+        torch.Size([3, 1, 5, 5])
+    """
+    transitions = transition_matrices(attentions, head_fusion=head_fusion,
+                                      residual_weight=residual_weight,
+                                      discard_ratio=discard_ratio, attention_mask=attention_mask)
+    return rollout_from_transitions(transitions)
