@@ -83,3 +83,17 @@ def test_discard_ratio_zeroes_smallest_weights_but_keeps_residual():
     # Row sums are at most 1 before renormalising, so the residual share can only grow.
     assert (torch.diagonal(transitions[0, 0]) >= 0.5).all()
     torch.testing.assert_close(transitions.sum(-1), torch.ones(1, 1, 5, dtype=torch.float64))
+
+
+def test_rollout_rows_equal_rows_of_the_full_matrices():
+    from captum_attnflow.functional import rollout_rows
+
+    transitions = transition_matrices(random_attentions(4, 3, 2, 6, seed=9))
+    full = attention_rollout(random_attentions(4, 3, 2, 6, seed=9))
+    weights = torch.zeros(3, 6, dtype=torch.float64)
+    weights[0, 2] = 1.0
+    weights[1] = 1 / 6
+    weights[2, [0, 5]] = 0.5
+    rows = rollout_rows(transitions, weights, [0, 2, 3])
+    expected = torch.einsum("bs,lbst->lbt", weights, full[[0, 2, 3]])
+    torch.testing.assert_close(rows, expected)

@@ -7,7 +7,8 @@ from captum.log import log_usage
 
 from captum_attnflow.attr._base import AttentionAttributionBase, TokenIndex
 from captum_attnflow.capture import CapturedAttention
-from captum_attnflow.functional.rollout import attention_rollout
+from captum_attnflow.functional.fusion import transition_matrices
+from captum_attnflow.functional.rollout import rollout_rows
 
 
 class AttentionRollout(AttentionAttributionBase):
@@ -66,9 +67,11 @@ class AttentionRollout(AttentionAttributionBase):
 
     def _layer_scores(self, captured: CapturedAttention, valid: torch.Tensor, positions: List[List[int]],
                       layers: List[int], *, residual_weight: float, discard_ratio: float) -> torch.Tensor:
-        rollout_matrices = attention_rollout(captured.attentions, head_fusion=captured.head_fusion or "mean",
-                                             residual_weight=residual_weight, discard_ratio=discard_ratio,
-                                             attention_mask=valid.to(captured.attentions.device))
-        selected = rollout_matrices[layers]  # (n_layers, B, S, S)
-        rows = [selected[:, b, example_positions].mean(dim=1) for b, example_positions in enumerate(positions)]
-        return torch.stack(rows, dim=1).float()
+        transitions = transition_matrices(captured.attentions, head_fusion=captured.head_fusion or "mean",
+                                          residual_weight=residual_weight, discard_ratio=discard_ratio,
+                                          attention_mask=valid.to(captured.attentions.device))
+        # Averaging explained rows == one row of weights 1/|positions| on each of them.
+        row_weights = torch.zeros(transitions.shape[1:3], dtype=transitions.dtype, device=transitions.device)
+        for b, example_positions in enumerate(positions):
+            row_weights[b, example_positions] = 1.0 / len(example_positions)
+        return rollout_rows(transitions, row_weights, layers).float()

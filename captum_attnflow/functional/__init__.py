@@ -7,7 +7,7 @@ weights as Hugging Face returns them (L tensors of shape ``(B, H, S, S)``).
 from captum_attnflow.functional._maxflow import FLOW_BACKENDS
 from captum_attnflow.functional.flow import attention_flow, flow_from_transitions
 from captum_attnflow.functional.fusion import discard_lowest, fuse_heads, transition_matrices
-from captum_attnflow.functional.rollout import attention_rollout, rollout_from_transitions
+from captum_attnflow.functional.rollout import attention_rollout, rollout_from_transitions, rollout_rows
 
 __all__ = [
     "FLOW_BACKENDS",
@@ -17,5 +17,6 @@ __all__ = [
     "flow_from_transitions",
     "fuse_heads",
     "rollout_from_transitions",
+    "rollout_rows",
     "transition_matrices",
 ]

@@ -85,7 +85,8 @@ def transition_matrices(attentions, *, head_fusion: str = "mean", residual_weigh
     _, batch_size, _, seq_len, _ = stacked.shape
     key_mask = check_attention_mask(attention_mask, batch_size, seq_len)
     if key_mask is not None:
-        key_mask = key_mask.to(stacked.device)
+        # An all-real mask changes nothing; skipping it saves several passes over L·B·S².
+        key_mask = None if bool(key_mask.all()) else key_mask.to(stacked.device)
     if not stacked.dtype.is_floating_point or stacked.dtype in (torch.float16, torch.bfloat16):
         stacked = stacked.float()
 
@@ -95,9 +96,10 @@ def transition_matrices(attentions, *, head_fusion: str = "mean", residual_weigh
     fused_attention = discard_lowest(fused_attention, discard_ratio, key_mask)
     identity = torch.eye(seq_len, dtype=stacked.dtype, device=stacked.device)
     with_residual = residual_weight * identity + (1.0 - residual_weight) * fused_attention
-    # A row can only be empty with residual_weight=0; a token that attends nowhere keeps itself.
-    empty_rows = with_residual.sum(dim=-1, keepdim=True) <= 0
-    with_residual = torch.where(empty_rows, identity.expand_as(with_residual), with_residual)
+    if residual_weight == 0.0:
+        # Only then can a row be empty; a token that attends nowhere keeps itself.
+        empty_rows = with_residual.sum(dim=-1, keepdim=True) <= 0
+        with_residual = torch.where(empty_rows, identity.expand_as(with_residual), with_residual)
     if key_mask is not None:
         padded_rows = ~key_mask[None, :, :, None]
         with_residual = torch.where(padded_rows, identity.expand_as(with_residual), with_residual)

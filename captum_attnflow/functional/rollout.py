@@ -18,6 +18,24 @@ def rollout_from_transitions(transitions: torch.Tensor) -> torch.Tensor:
     return rollout_matrices
 
 
+def rollout_rows(transitions: torch.Tensor, row_weights: torch.Tensor, layers) -> torch.Tensor:
+    """Weighted rows of the rollout matrices without forming them: ``(len(layers), B, S)``.
+
+    ``row_weights`` ``(B, S)`` says which rows to combine (a one-hot row for one token, uniform
+    weights over real tokens for their mean). Since ``v · R_l = v · Â_l · … · Â_1`` is linear
+    in ``v``, the chain is evaluated right to left as vector–matrix products: ``O(l·S²)`` per
+    layer instead of the ``O(l·S³)`` of the full matrices.
+    """
+    weights = row_weights.to(transitions.dtype)
+    rows = []
+    for layer in layers:
+        running = weights
+        for step in range(layer, -1, -1):
+            running = torch.bmm(running[:, None, :], transitions[step])[:, 0]
+        rows.append(running)
+    return torch.stack(rows)
+
+
 def attention_rollout(attentions, *, head_fusion: str = "mean", residual_weight: float = 0.5,
                       discard_ratio: float = 0.0,
                       attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
