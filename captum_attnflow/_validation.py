@@ -5,6 +5,7 @@ Each check raises one of the documented exceptions of
 says what to do.  Nothing here imports transformers.
 """
 
+from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Optional, Sequence, Union
 
@@ -14,6 +15,7 @@ from captum_attnflow.exceptions import (
     InvalidInputError,
     InvalidInputTypeError,
     InvalidParameterError,
+    ProblemTooLargeError,
 )
 
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -140,3 +142,189 @@ def check_attention_mask(attention_mask, batch_size: int, seq_len: int) -> Optio
             "each example needs at least one real token."
         )
     return mask
+
+
+def check_flag(name: str, value) -> bool:
+    """Boolean options must be real bools: ``normalize="no"`` would otherwise read as True."""
+    if not isinstance(value, bool):
+        raise InvalidParameterError(f"{name} must be True or False, got {value!r}.")
+    return value
+
+
+def check_model_inputs(inputs: torch.Tensor, model=None) -> torch.Tensor:
+    """Checks every adapter needs on top of its own shape check, run before the forward pass.
+
+    Empty dimensions, NaN/inf in float inputs, and token ids outside the model's vocabulary
+    would otherwise surface as raw errors (or silent NaN) deep inside the model.
+    """
+    if inputs.numel() == 0:
+        raise InvalidInputError(
+            f"inputs has an empty dimension: shape {tuple(inputs.shape)}; pass at least one example "
+            "of at least one token.")
+    if inputs.is_floating_point():
+        if not torch.isfinite(inputs).all():
+            raise InvalidInputError("inputs contain NaN or inf; pass finite embeddings or pixel values.")
+        return inputs
+    if inputs.dtype == torch.bool or inputs.is_complex():
+        return inputs  # the adapter's own check decides; nothing to range-check
+    low, high = int(inputs.min()), int(inputs.max())
+    vocab_size = _vocabulary_size(model)
+    if low < 0 or (vocab_size is not None and high >= vocab_size):
+        bound = "" if vocab_size is None else f" and below the vocabulary size {vocab_size}"
+        raise InvalidInputError(
+            f"inputs holds token ids in [{low}, {high}]; token ids must be non-negative{bound}. "
+            "Tokenize with the model's own tokenizer.")
+    return inputs
+
+
+def _vocabulary_size(model) -> Optional[int]:
+    """Rows of the model's input embedding when it exposes one (Hugging Face models do)."""
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    if not callable(get_embeddings):
+        return None
+    try:
+        embeddings = get_embeddings()
+    except (NotImplementedError, AttributeError):
+        return None
+    return getattr(embeddings, "num_embeddings", None)
+
+
+def check_mask_matches_inputs(attention_mask, inputs: torch.Tensor) -> None:
+    """Before the forward pass: a token-id mask must be ``(B, S)`` like the ids, with real tokens.
+
+    Checked before the model runs, since a mismatched mask otherwise fails inside the model
+    with a raw broadcasting error.
+    """
+    if attention_mask is None or inputs.ndim != 2:
+        return
+    check_attention_mask(attention_mask, *inputs.shape)
+
+
+def check_token_index(token_index, modes: Sequence[str]) -> None:
+    """Type-level check of ``token_index`` (ranges need the sequence length, checked later)."""
+    if isinstance(token_index, str):
+        if token_index not in modes:
+            raise InvalidParameterError(
+                f"token_index={token_index!r} is not supported; use an int, a (B,) tensor of ints, "
+                f"or one of {tuple(modes)}.")
+        return
+    if isinstance(token_index, torch.Tensor):
+        if token_index.ndim > 1 or token_index.numel() == 0 or token_index.is_floating_point() \
+                or token_index.dtype == torch.bool:
+            raise InvalidParameterError(
+                f"token_index must be an int or a (B,) integer tensor, got a {token_index.dtype} "
+                f"tensor of shape {tuple(token_index.shape)}.")
+        return
+    if isinstance(token_index, (list, tuple)):
+        if not token_index:
+            raise InvalidParameterError("token_index is empty; pass an int or one position per example.")
+        return
+    if isinstance(token_index, bool) or not isinstance(token_index, Integral):
+        raise InvalidParameterError(
+            f"token_index must be an int, a (B,) tensor of ints, or one of {tuple(modes)}; "
+            f"got {type(token_index).__name__}.")
+
+
+# --- Cost of exact attention flow -----------------------------------------------------------
+#
+# Attention flow solves one max-flow problem per (example, explained token, input token) on
+# a layered graph of l·S² edges, and augmenting-path solvers need O(l) paths of O(l·S²)
+# edges per unit of flow, so the work grows like B·P·S·l²·S². The constants below were
+# measured with the networkx reference (≈2 µs per unit; ~1 KB per edge for the graph and its
+# residual copy). Problems above the budget are refused unless ``allow_large=True``.
+
+FLOW_TIME_BUDGET_S = 60.0
+FLOW_MEMORY_BUDGET_BYTES = 2 * 1024 ** 3
+_SECONDS_PER_UNIT = 2e-6
+_BYTES_PER_EDGE = 1024
+
+
+@dataclass(frozen=True)
+class FlowCost:
+    """Estimated cost of an attention-flow call (``seconds`` and peak ``memory_bytes``)."""
+
+    num_problems: int
+    num_edges: int
+    seconds: float
+    memory_bytes: int
+
+
+def estimate_flow_cost(num_layers: Union[int, Sequence[int]], seq_len: int, batch_size: int,
+                       num_sources: int, *, backend: str = "auto", repeats: int = 1) -> FlowCost:
+    """Estimate the time and memory of exact attention flow.
+
+    Args:
+        num_layers: graph depth ``l`` (the explained layer + 1), or one depth per explained
+            layer (``return_all_layers``).
+        seq_len: ``S``; ``batch_size``: ``B``; ``num_sources``: explained tokens per example.
+        backend: the max-flow engine; the flow engine's own ``estimate_flow_cost`` is used
+            when it provides one.
+        repeats: multiplier for extra solves (2 with ``causal_normalization``).
+    """
+    depths = [int(num_layers)] if isinstance(num_layers, Integral) else [int(d) for d in num_layers]
+    engine_estimate = _engine_estimate(depths, seq_len, batch_size, num_sources, backend, repeats)
+    if engine_estimate is not None:
+        return engine_estimate
+    problems_per_depth = batch_size * num_sources * seq_len * repeats
+    units = sum(problems_per_depth * depth * depth * seq_len * seq_len for depth in depths)
+    largest_graph = max(depths) * seq_len * seq_len
+    return FlowCost(num_problems=problems_per_depth * len(depths), num_edges=largest_graph,
+                    seconds=units * _SECONDS_PER_UNIT, memory_bytes=largest_graph * _BYTES_PER_EDGE)
+
+
+def _engine_estimate(depths, seq_len, batch_size, num_sources, backend, repeats) -> Optional[FlowCost]:
+    """Defer to ``functional._maxflow.estimate_flow_cost`` when the flow engine provides it."""
+    from captum_attnflow.functional import _maxflow  # lazy: _maxflow may import this module
+
+    engine = getattr(_maxflow, "estimate_flow_cost", None)
+    if engine is None:
+        return None
+    return engine(depths, seq_len, batch_size, num_sources, backend=backend, repeats=repeats)
+
+
+def check_flow_budget(cost: FlowCost, allow_large: bool) -> FlowCost:
+    """Refuse problems above the time or memory budget unless ``allow_large=True``."""
+    check_flag("allow_large", allow_large)
+    if allow_large or (cost.seconds <= FLOW_TIME_BUDGET_S and cost.memory_bytes <= FLOW_MEMORY_BUDGET_BYTES):
+        return cost
+    raise ProblemTooLargeError(
+        f"attention flow would solve {cost.num_problems:,} max-flow problems on graphs of up to "
+        f"{cost.num_edges:,} edges: estimated {cost.seconds:,.0f} s and "
+        f"{cost.memory_bytes / 1024 ** 2:,.0f} MiB (budget {FLOW_TIME_BUDGET_S:.0f} s, "
+        f"{FLOW_MEMORY_BUDGET_BYTES / 1024 ** 2:,.0f} MiB). Pass allow_large=True to run it anyway, "
+        "or make it smaller: fewer explained positions (one token_index instead of 'mean', fewer "
+        "output_positions), an earlier layer, shorter inputs or smaller batches; attention rollout "
+        "is the cheap alternative.")
+
+
+def check_method_options(options: dict) -> None:
+    """Check the propagation options an attribution method was given, before the model runs."""
+    for name in ("residual_weight",):
+        if name in options:
+            check_fraction(name, options[name])
+    if "discard_ratio" in options:
+        check_fraction("discard_ratio", options["discard_ratio"], upper_open=True)
+    for name in ("normalize", "allow_large", "causal_normalization", "return_all_layers", "return_patch_grid"):
+        if name in options:
+            check_flag(name, options[name])
+    if "backend" in options:
+        from captum_attnflow.functional import _maxflow  # lazy: _maxflow may import this module
+
+        _maxflow.check_backend(options["backend"])
+
+
+def check_causal_transitions(transitions: torch.Tensor, tolerance: float = 1e-6) -> None:
+    """``causal_normalization`` divides by what each token can see under a causal mask.
+
+    Attention to later positions (a bidirectional encoder) breaks that assumption and would
+    give all-zero rows, so it is refused. ``transitions`` are the ``(L, B, S, S)`` matrices,
+    padding already removed.
+    """
+    future = torch.ones(transitions.shape[-2:], dtype=torch.bool, device=transitions.device).triu(1)
+    leaks = (transitions.masked_fill(~future, 0.0) > tolerance).nonzero()
+    if len(leaks):
+        layer, example, row, column = leaks[0].tolist()
+        raise InvalidParameterError(
+            f"causal_normalization=True needs causal (decoder) attention, but in layer {layer} token "
+            f"{row} of example {example} attends to the later position {column}; use "
+            "causal_normalization=False for bidirectional (encoder) models.")

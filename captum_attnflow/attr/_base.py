@@ -11,10 +11,20 @@ import torch
 from captum.attr import Attribution
 from torch import nn
 
-from captum_attnflow._validation import check_layer, check_position
-from captum_attnflow.capture import AttentionAdapter, CapturedAttention, capture_attention, resolve_model
-from captum_attnflow.capture.base import find_adapter
-from captum_attnflow.exceptions import InvalidInputError, InvalidInputTypeError, InvalidParameterError
+from captum_attnflow._validation import (
+    check_attention_mask,
+    check_attentions,
+    check_layer,
+    check_mask_matches_inputs,
+    check_method_options,
+    check_model_inputs,
+    check_position,
+    check_token_index,
+)
+from captum_attnflow.capture import AttentionAdapter, CapturedAttention, capture_attention
+from captum_attnflow.capture.base import mask_from_forward_args
+from captum_attnflow.capture.custom import WeightsReader, make_adapter
+from captum_attnflow.exceptions import InvalidParameterError
 
 TokenIndex = Union[int, str, torch.Tensor, Sequence[int]]
 TOKEN_INDEX_MODES = ("mean", "last")
@@ -28,11 +38,8 @@ def explained_positions(token_index: TokenIndex, valid: torch.Tensor) -> List[Li
     ``"last"`` the last real position (decoders; works with left or right padding).
     """
     batch_size, seq_len = valid.shape
+    check_token_index(token_index, TOKEN_INDEX_MODES)
     if isinstance(token_index, str):
-        if token_index not in TOKEN_INDEX_MODES:
-            raise InvalidParameterError(
-                f"token_index={token_index!r} is not supported; use an int, a (B,) tensor, "
-                f"or one of {TOKEN_INDEX_MODES}.")
         real = [valid[b].nonzero().flatten().tolist() for b in range(batch_size)]
         return real if token_index == "mean" else [[positions[-1]] for positions in real]
     if isinstance(token_index, torch.Tensor) and token_index.ndim == 1 or isinstance(token_index, (list, tuple)):
@@ -56,13 +63,10 @@ def explained_positions(token_index: TokenIndex, valid: torch.Tensor) -> List[Li
     return positions
 
 
-def check_token_inputs(inputs: Any) -> torch.Tensor:
+def unwrap_inputs(inputs: Any) -> Any:
+    """Captum passes a 1-tuple for a single input; the attention methods take one tensor."""
     if isinstance(inputs, tuple) and len(inputs) == 1:
-        inputs = inputs[0]
-    if not isinstance(inputs, torch.Tensor):
-        raise InvalidInputTypeError(
-            f"inputs must be a torch.Tensor, got {type(inputs).__name__}; pass token ids (B, S) "
-            "and the attention mask in additional_forward_args=(attention_mask,).")
+        return inputs[0]
     return inputs
 
 
@@ -74,14 +78,33 @@ class AttentionAttributionBase(Attribution):
             running it (then also pass ``model``).
         model: the module holding the attention layers when ``forward_func`` is a function.
         adapter: an explicit :class:`~captum_attnflow.capture.AttentionAdapter`; by default the
-            registered adapter for the model's family is used.
+            registered adapter for the model's family is used (Hugging Face text and vision
+            models, timm ViTs, ``nn.MultiheadAttention``/``nn.TransformerEncoder``).
+        attention_modules: for other models, the modules whose outputs carry each layer's
+            ``(B, H, S, S)`` weights (by default ``output[1]``, or the output itself if 4-D).
+        weights_from_output: with ``attention_modules``, ``callable(module, output)`` returning
+            the weights for other output formats.
+        attention_fn: instead of hooks, ``callable(inputs, *additional_forward_args)`` returning
+            the L per-layer ``(B, H, S, S)`` weights; ``model`` is then optional.
+
+    Example:
+        >>> import torch
+        >>> from captum_attnflow import AttentionRollout
+        >>> weights = torch.softmax(torch.randn(2, 1, 2, 4, 4), -1)
+        >>> rollout = AttentionRollout(lambda ids: ids.float(), attention_fn=lambda ids: weights)
+        >>> tuple(rollout.attribute(torch.tensor([[1, 2, 3, 4]])).shape)
+        (1, 4)
     """
 
     def __init__(self, forward_func: Callable, model: Optional[nn.Module] = None, *,
-                 adapter: Optional[AttentionAdapter] = None) -> None:
+                 adapter: Optional[AttentionAdapter] = None,
+                 attention_modules: Optional[Sequence[nn.Module]] = None,
+                 weights_from_output: Optional[WeightsReader] = None,
+                 attention_fn: Optional[Callable] = None) -> None:
         super().__init__(forward_func)
-        self.model = resolve_model(forward_func, model)
-        self.adapter = adapter if adapter is not None else find_adapter(self.model)
+        self.adapter = make_adapter(forward_func, model, adapter=adapter, attention_modules=attention_modules,
+                                    weights_from_output=weights_from_output, attention_fn=attention_fn)
+        self.model = self.adapter.model if self.adapter.model is not None else model
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -102,11 +125,16 @@ class AttentionAttributionBase(Attribution):
         raise NotImplementedError
 
     def _attribute(self, inputs, additional_forward_args, token_index, layer, return_all_layers,
-                   head_fusion, **kwargs) -> torch.Tensor:
-        inputs = check_token_inputs(inputs)
-        if not isinstance(return_all_layers, bool):
-            raise InvalidParameterError("return_all_layers must be True or False.")
+                   head_fusion, *, return_patch_grid: bool = False, **kwargs) -> torch.Tensor:
+        inputs = self.adapter.check_inputs(unwrap_inputs(inputs))
+        # Everything checkable without the model is checked first: fail fast, never mid-forward.
+        check_model_inputs(inputs, self.model)
+        check_method_options(dict(kwargs, return_patch_grid=return_patch_grid,
+                                  return_all_layers=return_all_layers))
+        check_token_index(token_index, TOKEN_INDEX_MODES)
+        self._check_mask_before_forward(inputs, additional_forward_args)
         captured = self.capture(inputs, additional_forward_args, head_fusion=head_fusion)
+        check_attentions(captured.attentions)  # NaN/inf from the model, before any method uses them
         num_layers, batch_size, _, seq_len, _ = captured.attentions.shape
         valid = self._valid_tokens(captured, batch_size, seq_len)
         if return_all_layers:
@@ -115,22 +143,23 @@ class AttentionAttributionBase(Attribution):
             layers = [check_layer(layer, num_layers)]
         positions = explained_positions(token_index, valid)
         scores = self._layer_scores(captured, valid, positions, layers, **kwargs)
-        scores = self.adapter.scores_to_inputs(scores, inputs)
+        # Only vision adapters know the option; others reject it instead of ignoring it.
+        options = {"return_patch_grid": True} if return_patch_grid else {}
+        scores = self.adapter.scores_to_inputs(scores, inputs, **options)
         return scores if return_all_layers else scores[0]
+
+    def _check_mask_before_forward(self, inputs: torch.Tensor, additional_forward_args) -> None:
+        """Where the padding mask is a named forward argument, check it before the model sees it."""
+        if type(self.adapter).attention_mask is not AttentionAdapter.attention_mask:
+            return  # the adapter finds its mask while the model runs (torch MHA) or has none (vision)
+        if additional_forward_args is None:
+            return
+        forward_args = additional_forward_args if isinstance(additional_forward_args, tuple) \
+            else (additional_forward_args,)
+        mask = mask_from_forward_args(self.model, forward_args, forward_func=self.forward_func)
+        check_mask_matches_inputs(mask, inputs)
 
     @staticmethod
     def _valid_tokens(captured: CapturedAttention, batch_size: int, seq_len: int) -> torch.Tensor:
-        mask = captured.attention_mask
-        if mask is None:
-            return torch.ones(batch_size, seq_len, dtype=torch.bool)
-        if tuple(mask.shape) != (batch_size, seq_len):
-            raise InvalidInputError(
-                f"attention_mask has shape {tuple(mask.shape)} but the model attended over "
-                f"(batch, seq_len) = ({batch_size}, {seq_len}); pass one 0/1 entry per token.")
-        mask = mask.bool().cpu()
-        empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
-        if empty:
-            raise InvalidInputError(
-                f"attention_mask marks every token of example(s) {empty} as padding; each example "
-                "needs at least one real token.")
-        return mask
+        mask = check_attention_mask(captured.attention_mask, batch_size, seq_len)
+        return torch.ones(batch_size, seq_len, dtype=torch.bool) if mask is None else mask.cpu()

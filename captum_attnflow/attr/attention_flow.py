@@ -6,9 +6,11 @@ import numpy as np
 import torch
 from captum.log import log_usage
 
+from captum_attnflow._validation import check_causal_transitions, check_flow_budget, estimate_flow_cost
 from captum_attnflow.attr._base import AttentionAttributionBase, TokenIndex
 from captum_attnflow.capture import CapturedAttention
 from captum_attnflow.functional import _maxflow
+from captum_attnflow.functional.causal import normalize_by_receptive_field, receptive_field_transitions
 from captum_attnflow.functional.flow import flow_from_transitions
 from captum_attnflow.functional.fusion import transition_matrices
 
@@ -41,10 +43,12 @@ class AttentionFlow(AttentionAttributionBase):
     def attribute(self, inputs: torch.Tensor, target=None, additional_forward_args=None, *,
                   token_index: TokenIndex = 0, layer: int = -1, return_all_layers: bool = False,
                   head_fusion: str = "mean", residual_weight: float = 0.5, discard_ratio: float = 0.0,
-                  normalize: bool = True, backend: str = "auto", allow_large: bool = False) -> torch.Tensor:
+                  normalize: bool = True, backend: str = "auto", allow_large: bool = False,
+                  causal_normalization: bool = False, return_patch_grid: bool = False) -> torch.Tensor:
         r"""
         Args:
-            inputs (Tensor): token ids of shape ``(B, S)``.
+            inputs (Tensor): token ids ``(B, S)``, pixel values ``(B, C, H, W)`` for vision
+                transformers, or what the model's adapter accepts.
             target: unused; flow does not depend on the output class.
             additional_forward_args (tuple, optional): extra positional arguments of the
                 forward function, e.g. ``(attention_mask,)``; padded tokens get 0.
@@ -59,27 +63,49 @@ class AttentionFlow(AttentionAttributionBase):
             backend (str): max-flow engine (``"auto"``, ``"networkx"`` ...; see
                 :data:`captum_attnflow.functional.FLOW_BACKENDS`).
             allow_large (bool): run problems whose estimated cost exceeds the safety budget.
+            causal_normalization (bool): for decoders, divide each input's flow by the flow the
+                explained token sends it under uniform causal attention (its receptive field) and
+                rescale to the original sum; see :mod:`captum_attnflow.functional.causal`.
+            return_patch_grid (bool): vision models only: the ``(B, grid_h, grid_w)`` patch scores.
 
         Returns:
-            Tensor of shape ``(B, S)`` (``(L, B, S)`` with ``return_all_layers``).
+            Tensor shaped like ``inputs`` (``(L, *inputs.shape)`` with ``return_all_layers``);
+            see :class:`AttentionRollout` for images.
         """
         return self._attribute(inputs, additional_forward_args, token_index, layer, return_all_layers,
-                               head_fusion, residual_weight=residual_weight, discard_ratio=discard_ratio,
-                               normalize=normalize, backend=backend, allow_large=allow_large)
+                               head_fusion, return_patch_grid=return_patch_grid, residual_weight=residual_weight,
+                               discard_ratio=discard_ratio, normalize=normalize, backend=backend,
+                               allow_large=allow_large, causal_normalization=causal_normalization)
 
     def _layer_scores(self, captured: CapturedAttention, valid: torch.Tensor, positions: List[List[int]],
                       layers: List[int], *, residual_weight: float, discard_ratio: float,
-                      normalize: bool, backend: str, allow_large: bool) -> torch.Tensor:
+                      normalize: bool, backend: str, allow_large: bool,
+                      causal_normalization: bool) -> torch.Tensor:
         _maxflow.check_backend(backend)
+        # One solve per explained token of every example; the causal baseline doubles it.
+        cost = estimate_flow_cost([layer + 1 for layer in layers], captured.attentions.shape[-1], 1,
+                                  sum(len(p) for p in positions), backend=backend,
+                                  repeats=2 if causal_normalization else 1)
+        check_flow_budget(cost, allow_large)
         transitions = transition_matrices(captured.attentions, head_fusion=captured.head_fusion or "mean",
                                           residual_weight=residual_weight, discard_ratio=discard_ratio,
                                           attention_mask=valid.to(captured.attentions.device))
         graphs = transitions.detach().to("cpu", torch.float64).numpy()
         valid_np = valid.numpy()
+        uniform = None
+        if causal_normalization:
+            check_causal_transitions(transitions[: max(layers) + 1])
+            uniform = receptive_field_transitions(graphs.shape[0], graphs.shape[1], graphs.shape[2],
+                                                  residual_weight=residual_weight, attention_mask=valid,
+                                                  dtype=torch.float64).numpy()
         scores = np.zeros((len(layers), graphs.shape[1], graphs.shape[2]))
         for out_row, layer in enumerate(layers):
             for b, example_positions in enumerate(positions):
                 flows = flow_from_transitions(graphs[: layer + 1, b], example_positions, valid=valid_np[b],
                                               normalize=normalize, backend=backend)
+                if uniform is not None:
+                    baseline = flow_from_transitions(uniform[: layer + 1, b], example_positions, valid=valid_np[b],
+                                                     normalize=normalize, backend=backend)
+                    flows = normalize_by_receptive_field(torch.from_numpy(flows), torch.from_numpy(baseline)).numpy()
                 scores[out_row, b] = flows.mean(axis=0)
         return torch.from_numpy(scores).float()

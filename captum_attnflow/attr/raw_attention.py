@@ -31,22 +31,23 @@ class RawAttention(AttentionAttributionBase):
     @log_usage()
     def attribute(self, inputs: torch.Tensor, target=None, additional_forward_args=None, *,
                   token_index: TokenIndex = 0, layer: int = -1, return_all_layers: bool = False,
-                  head_fusion: str = "mean") -> torch.Tensor:
+                  head_fusion: str = "mean", return_patch_grid: bool = False) -> torch.Tensor:
         r"""
         Args:
-            inputs (Tensor): token ids of shape ``(B, S)``.
+            inputs (Tensor): token ids ``(B, S)`` or pixel values ``(B, C, H, W)`` (vision models).
             target: unused.
             additional_forward_args (tuple, optional): e.g. ``(attention_mask,)``.
             token_index (int, Tensor or str): as in :class:`AttentionRollout`.
             layer (int): which layer's attention (Python-list indexing).
             return_all_layers (bool): return ``(L, B, S)``.
             head_fusion (str): ``"mean"``, ``"max"`` or ``"min"``.
+            return_patch_grid (bool): vision models only: the ``(B, grid_h, grid_w)`` patch scores.
 
         Returns:
-            Tensor of shape ``(B, S)`` (``(L, B, S)`` with ``return_all_layers``).
+            Tensor shaped like ``inputs`` (``(L, *inputs.shape)`` with ``return_all_layers``).
         """
         return self._attribute(inputs, additional_forward_args, token_index, layer, return_all_layers,
-                               head_fusion)
+                               head_fusion, return_patch_grid=return_patch_grid)
 
     def _layer_scores(self, captured: CapturedAttention, valid: torch.Tensor, positions: List[List[int]],
                       layers: List[int]) -> torch.Tensor:

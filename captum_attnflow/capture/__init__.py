@@ -14,15 +14,25 @@ from captum_attnflow.capture.base import (
     registered_adapters,
     resolve_model,
 )
+from captum_attnflow.capture.custom import FunctionAttentionAdapter, ModuleAttentionAdapter, make_adapter
 from captum_attnflow.capture.huggingface import HuggingFaceAdapter, eager_attention
+from captum_attnflow.capture.torch_nn import TorchMultiheadAttentionAdapter
+from captum_attnflow.capture.vision import HuggingFaceVisionAdapter, TimmVisionAdapter, patch_scores_to_pixels
 
 __all__ = [
     "AttentionAdapter",
     "CapturedAttention",
+    "FunctionAttentionAdapter",
     "HuggingFaceAdapter",
+    "HuggingFaceVisionAdapter",
+    "ModuleAttentionAdapter",
+    "TimmVisionAdapter",
+    "TorchMultiheadAttentionAdapter",
     "capture_attention",
     "eager_attention",
     "find_adapter",
+    "make_adapter",
+    "patch_scores_to_pixels",
     "register_adapter",
     "registered_adapters",
     "resolve_model",

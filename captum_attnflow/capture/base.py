@@ -8,7 +8,9 @@ Hugging Face models from SDPA to eager attention) and where the padding mask is.
 fuses the heads of each layer as soon as it has run, so only ``L·B·S²`` values
 are kept (``keep_heads=True`` keeps every head instead).
 
-Nothing here does graph math; the adapters never import each other.
+Nothing here does graph math. Adapters: ``huggingface`` (text), ``vision`` (ViT/DeiT,
+timm), ``torch_nn`` (``nn.MultiheadAttention``) and ``custom`` (user-named modules or a
+function returning the weights).
 """
 
 import contextlib
@@ -22,7 +24,13 @@ import torch
 from torch import nn
 
 from captum_attnflow._validation import check_head_fusion
-from captum_attnflow.exceptions import AttentionCaptureError, UnsupportedModelError
+from captum_attnflow.exceptions import (
+    AttentionCaptureError,
+    InvalidInputError,
+    InvalidInputTypeError,
+    InvalidParameterError,
+    UnsupportedModelError,
+)
 from captum_attnflow.functional.fusion import fuse_heads
 
 # One capture at a time: hooks and the attention implementation are per-model state,
@@ -64,6 +72,8 @@ class AttentionAdapter:
 
     #: Short name shown in errors and reprs.
     name = "base"
+    #: The function the last capture ran (set by :func:`capture_attention`).
+    forward_func: Optional[Callable] = None
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -82,13 +92,40 @@ class AttentionAdapter:
             return output[1]
         return None
 
+    def check_inputs(self, inputs: Any) -> torch.Tensor:
+        """Validate ``inputs`` for this family (default: integer token ids of shape ``(B, S)``)."""
+        return check_token_ids(inputs)
+
+    def record(self, forward_func: Callable, inputs: torch.Tensor, forward_args: Tuple,
+               head_fusion: Optional[str]) -> Tuple[Any, List[torch.Tensor]]:
+        """Run ``forward_func`` once; return its output and the per-layer ``(B, H, S, S)`` weights.
+
+        The default hooks :meth:`attention_modules` inside :meth:`prepared`; adapters that get
+        the weights another way (a user function, say) override this.
+        """
+        recorded: List[torch.Tensor] = []
+        with self.prepared():
+            modules = self.attention_modules()
+            if not modules:
+                raise AttentionCaptureError(
+                    f"No attention layers found in {type(self.model).__name__} by the "
+                    f"'{self.name}' adapter; name them with attention_modules=[...].")
+            with _recording_hooks(self, modules, head_fusion, recorded), torch.no_grad():
+                outputs = forward_func(inputs, *forward_args)
+        if not recorded:
+            raise AttentionCaptureError(
+                f"The forward pass ran none of the {len(modules)} attention modules found by the "
+                f"'{self.name}' adapter; check that forward_func runs this model.")
+        return outputs, recorded
+
     def prepared(self) -> ContextManager:
         """Context in which the model returns attention weights; restores the model on exit."""
         return contextlib.nullcontext()
 
     def attention_mask(self, inputs: torch.Tensor, additional_forward_args: Tuple) -> Optional[torch.Tensor]:
         """The ``(B, S)`` padding mask, found by the forward signature's ``attention_mask`` slot."""
-        return mask_from_forward_args(self.model, additional_forward_args)
+        return mask_from_forward_args(self.model, additional_forward_args,
+                                      forward_func=getattr(self, "forward_func", None))
 
     def scores_to_inputs(self, scores: torch.Tensor, inputs: torch.Tensor, **options) -> torch.Tensor:
         """Map ``(n_layers, B, S)`` token scores onto the shape of ``inputs``.
@@ -96,6 +133,9 @@ class AttentionAdapter:
         Token models attend over exactly the input tokens, so this only checks the shapes;
         vision adapters override it (drop special tokens, upsample patches to pixels).
         """
+        if options.get("return_patch_grid"):
+            raise InvalidParameterError(
+                f"return_patch_grid=True needs a vision model; the '{self.name}' adapter explains tokens.")
         if tuple(scores.shape[1:]) != tuple(inputs.shape):
             raise AttentionCaptureError(
                 f"The model attended over {tuple(scores.shape[1:])} (batch, positions) but the inputs "
@@ -126,9 +166,12 @@ def find_adapter(model: nn.Module) -> AttentionAdapter:
             return adapter_cls(model)
     names = ", ".join(a.name for a in _ADAPTERS)
     raise UnsupportedModelError(
-        f"No attention adapter supports {type(model).__name__}. Supported: {names}. For a custom "
-        "model pass attention_modules=[...] (modules returning (output, weights)) or "
-        "attention_fn=callable returning the per-layer (B, H, S, S) weights."
+        f"No attention adapter supports {type(model).__name__}. Supported automatically: Hugging Face "
+        "transformers models (encoders, decoders, the encoder of encoder-decoders, ViT/DeiT), timm "
+        "ViTs and torch nn.MultiheadAttention / nn.TransformerEncoder (adapters: "
+        f"{names}). For a custom model pass attention_modules=[...] (modules returning (output, "
+        "weights); weights_from_output=callable for other formats) or attention_fn=callable "
+        "returning the per-layer (B, H, S, S) weights."
     )
 
 
@@ -149,15 +192,28 @@ def resolve_model(forward_func: Callable, model: Optional[nn.Module] = None) -> 
     )
 
 
-def mask_from_forward_args(model: nn.Module, additional_forward_args: Tuple) -> Optional[torch.Tensor]:
-    """Find ``attention_mask`` among positional extra arguments, as Captum passes them."""
+def _extra_parameter_names(function: Callable, count: int) -> List[str]:
+    try:
+        return list(inspect.signature(function).parameters)[1:1 + count]
+    except (TypeError, ValueError):
+        return []
+
+
+def mask_from_forward_args(model: nn.Module, additional_forward_args: Tuple, *,
+                           forward_func: Optional[Callable] = None) -> Optional[torch.Tensor]:
+    """Find ``attention_mask`` among positional extra arguments, as Captum passes them.
+
+    A wrapper ``forward_func`` naming a parameter ``attention_mask`` (e.g. ``lambda ids,
+    attention_mask: model(ids, attention_mask=attention_mask, position_ids=...)``) is read
+    first; otherwise the model's own forward signature decides.
+    """
     if not additional_forward_args:
         return None
-    try:
-        parameters = list(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        parameters = []
-    extra_names = parameters[1:1 + len(additional_forward_args)]
+    if forward_func is not None and forward_func is not model:
+        wrapper_names = _extra_parameter_names(forward_func, len(additional_forward_args))
+        if "attention_mask" in wrapper_names:
+            return additional_forward_args[wrapper_names.index("attention_mask")]
+    extra_names = _extra_parameter_names(model.forward, len(additional_forward_args))
     if "attention_mask" in extra_names:
         return additional_forward_args[extra_names.index("attention_mask")]
     if not extra_names:
@@ -166,6 +222,23 @@ def mask_from_forward_args(model: nn.Module, additional_forward_args: Tuple) -> 
         if isinstance(first, torch.Tensor) and first.ndim == 2 and not first.is_floating_point():
             return first
     return None
+
+
+def check_token_ids(inputs: Any) -> torch.Tensor:
+    """``inputs`` must be integer token ids of shape ``(B, S)``."""
+    if not isinstance(inputs, torch.Tensor):
+        raise InvalidInputTypeError(
+            f"inputs must be a torch.Tensor, got {type(inputs).__name__}; pass token ids (B, S) "
+            "and the attention mask in additional_forward_args=(attention_mask,).")
+    if inputs.is_floating_point() or inputs.is_complex() or inputs.dtype == torch.bool:
+        raise InvalidInputTypeError(
+            f"inputs must be integer token ids, got dtype {inputs.dtype}; this model's adapter "
+            "expects input_ids of shape (B, S).")
+    if inputs.ndim != 2:
+        raise InvalidInputError(
+            f"inputs (token ids) must have shape (B, S), got {tuple(inputs.shape)}; add a batch "
+            "dimension with inputs[None] for a single sequence.")
+    return inputs
 
 
 def _format_forward_args(additional_forward_args) -> Tuple:
@@ -233,29 +306,21 @@ def capture_attention(forward_func: Callable, inputs: torch.Tensor, additional_f
     """
     if head_fusion is not None:
         check_head_fusion(head_fusion)
-    module = resolve_model(forward_func, model)
-    adapter = adapter if adapter is not None else find_adapter(module)
+    if adapter is None:
+        adapter = find_adapter(resolve_model(forward_func, model))
     forward_args = _format_forward_args(additional_forward_args)
-    _warn_if_training(module)
-    recorded: List[torch.Tensor] = []
+    if isinstance(adapter.model, nn.Module):  # None for a user attention_fn without a model
+        _warn_if_training(adapter.model)
     with _CAPTURE_LOCK:
-        with adapter.prepared():
-            modules = adapter.attention_modules()
-            if not modules:
-                raise AttentionCaptureError(
-                    f"No attention layers found in {type(module).__name__} by the "
-                    f"'{adapter.name}' adapter; name them with attention_modules=[...].")
-            with _recording_hooks(adapter, modules, head_fusion, recorded), torch.no_grad():
-                outputs = forward_func(inputs, *forward_args)
-    if not recorded:
-        raise AttentionCaptureError(
-            f"The forward pass ran none of the {len(modules)} attention modules found by the "
-            f"'{adapter.name}' adapter; check that forward_func runs this model.")
+        adapter.forward_func = forward_func  # lets attention_mask() read a wrapper's signature
+        outputs, recorded = adapter.record(forward_func, inputs, forward_args, head_fusion)
+        # Inside the lock: adapters may keep the mask of the last call (torch MHA records it),
+        # and another thread's capture with the same adapter would overwrite it.
+        mask = adapter.attention_mask(inputs, forward_args)
     shapes = {tuple(w.shape) for w in recorded}
     if len(shapes) != 1:
         raise AttentionCaptureError(
             f"Captured attention layers have different shapes {sorted(shapes)}; capture one "
             "attention stack at a time (e.g. the encoder of an encoder-decoder model).")
-    mask = adapter.attention_mask(inputs, forward_args)
     return CapturedAttention(attentions=torch.stack(recorded), attention_mask=mask,
                              head_fusion=head_fusion, outputs=outputs, adapter=adapter)

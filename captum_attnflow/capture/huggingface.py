@@ -3,9 +3,14 @@ attention modules in ``_can_record_outputs`` (BERT, RoBERTa, DistilBERT, GPT-2, 
 
 SDPA and flash kernels return no weights, so the model is switched to eager
 attention for the call and the exact previous setting is written back afterwards.
+Models of the older style (DeBERTa-v2) declare nothing and return weights only when
+asked with ``output_attentions=True``; their innermost attention modules are asked
+for the call. Encoder-decoder models (T5, BART) are explained through their encoder's
+self-attention: decoder and cross-attention are left unhooked.
 """
 
 import contextlib
+import inspect
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -81,6 +86,49 @@ def eager_attention(model: nn.Module):
             config._attn_implementation_internal = value
 
 
+def _takes_output_attentions(module: nn.Module) -> bool:
+    try:
+        return "output_attentions" in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _legacy_attention_modules(root: nn.Module) -> List[nn.Module]:
+    """Innermost modules whose forward takes ``output_attentions`` (the attention itself)."""
+    candidates = [m for m in root.modules() if m is not root and _takes_output_attentions(m)]
+    return [m for m in candidates
+            if not any(c is not m and _takes_output_attentions(c) for c in m.modules())]
+
+
+@contextlib.contextmanager
+def _forced_output_attentions(modules: List[nn.Module]):
+    """Call ``modules`` with ``output_attentions=True`` (positional or keyword) for the block."""
+
+    def force(module, args, kwargs):
+        index = list(inspect.signature(module.forward).parameters).index("output_attentions")
+        if len(args) > index:
+            args = args[:index] + (True,) + args[index + 1:]
+        else:
+            kwargs["output_attentions"] = True
+        return args, kwargs
+
+    handles = [m.register_forward_pre_hook(force, with_kwargs=True) for m in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _encoder_of(pretrained: nn.Module) -> Optional[nn.Module]:
+    """The encoder stack of an encoder-decoder model, else None."""
+    if getattr(pretrained.config, "is_encoder_decoder", False) and hasattr(pretrained, "get_encoder"):
+        encoder = pretrained.get_encoder()
+        if encoder is not pretrained:
+            return encoder
+    return None
+
+
 class HuggingFaceAdapter(AttentionAdapter):
     """Self-attention of Hugging Face models, found through ``_can_record_outputs``."""
 
@@ -90,22 +138,36 @@ class HuggingFaceAdapter(AttentionAdapter):
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
-        return any(_attention_specs(m) for m in _pretrained_models(model))
+        pretrained_models = _pretrained_models(model)
+        return any(_attention_specs(m) for m in pretrained_models) or any(
+            _legacy_attention_modules(m) for m in pretrained_models[:1])
 
     def _owner(self) -> nn.Module:
-        """The outermost PreTrainedModel that declares attention recorders."""
-        for pretrained in _pretrained_models(self.model):
+        """The outermost PreTrainedModel that declares attention recorders (else the outermost)."""
+        pretrained_models = _pretrained_models(self.model)
+        for pretrained in pretrained_models:
             if _attention_specs(pretrained):
                 return pretrained
-        raise AttentionCaptureError(f"{type(self.model).__name__} declares no attention modules.")
+        if pretrained_models:
+            return pretrained_models[0]
+        raise AttentionCaptureError(f"{type(self.model).__name__} holds no Hugging Face model.")
 
     def attention_modules(self) -> List[nn.Module]:
         owner = self._owner()
+        # Only the encoder's self-attention of encoder-decoder models: one stack, one sequence.
+        root = _encoder_of(owner) or owner
         self._indices: Dict[int, int] = {}
+        specs = _attention_specs(owner)
+        if not specs:
+            found = _legacy_attention_modules(root)
+            self._indices = {id(m): 1 for m in found}
+            return found
+        in_root = {id(m) for m in root.modules()}
         found = []
-        for spec in _attention_specs(owner):
+        for spec in specs:
+            # Names relative to the owner, as the specs' layer names are written.
             for name, module in owner.named_modules():
-                if _matches(name, module, spec) and id(module) not in self._indices:
+                if id(module) in in_root and _matches(name, module, spec) and id(module) not in self._indices:
                     self._indices[id(module)] = spec[1]
                     found.append(module)
         return found
@@ -120,8 +182,15 @@ class HuggingFaceAdapter(AttentionAdapter):
             return None
         return weights if isinstance(weights, torch.Tensor) and weights.ndim == 4 else None
 
+    @contextlib.contextmanager
     def prepared(self):
-        return eager_attention(self.model)
+        with eager_attention(self.model):
+            owner = self._owner()
+            if _attention_specs(owner):
+                yield
+            else:
+                with _forced_output_attentions(_legacy_attention_modules(_encoder_of(owner) or owner)):
+                    yield
 
 
 register_adapter(HuggingFaceAdapter)

@@ -5,6 +5,11 @@ weights as Hugging Face returns them (L tensors of shape ``(B, H, S, S)``).
 """
 
 from captum_attnflow.functional._maxflow import FLOW_BACKENDS
+from captum_attnflow.functional.causal import (
+    normalize_by_receptive_field,
+    receptive_field_transitions,
+    uniform_causal_attention,
+)
 from captum_attnflow.functional.flow import attention_flow, flow_from_transitions
 from captum_attnflow.functional.fusion import discard_lowest, fuse_heads, transition_matrices
 from captum_attnflow.functional.rollout import attention_rollout, rollout_from_transitions, rollout_rows
@@ -16,7 +21,10 @@ __all__ = [
     "discard_lowest",
     "flow_from_transitions",
     "fuse_heads",
+    "normalize_by_receptive_field",
+    "receptive_field_transitions",
     "rollout_from_transitions",
     "rollout_rows",
     "transition_matrices",
+    "uniform_causal_attention",
 ]

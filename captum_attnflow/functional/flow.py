@@ -5,8 +5,16 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from captum_attnflow._validation import check_layer, check_positions
+from captum_attnflow._validation import (
+    check_causal_transitions,
+    check_flag,
+    check_flow_budget,
+    check_layer,
+    check_positions,
+    estimate_flow_cost,
+)
 from captum_attnflow.functional import _maxflow
+from captum_attnflow.functional.causal import normalize_by_receptive_field, receptive_field_transitions
 from captum_attnflow.functional.fusion import transition_matrices
 
 
@@ -38,7 +46,8 @@ def flow_from_transitions(transitions: np.ndarray, sources: Sequence[int], *,
 def attention_flow(attentions, *, output_positions: Union[int, Sequence[int]] = 0, layer: int = -1,
                    head_fusion: str = "mean", residual_weight: float = 0.5, normalize: bool = True,
                    discard_ratio: float = 0.0, attention_mask: Optional[torch.Tensor] = None,
-                   backend: str = "auto") -> torch.Tensor:
+                   backend: str = "auto", causal_normalization: bool = False,
+                   allow_large: bool = False) -> torch.Tensor:
     """Attention flow from output position(s) after ``layer`` to every input token.
 
     The graph has a node per (layer, position), layer 0 being the inputs, and an edge
@@ -56,6 +65,12 @@ def attention_flow(attentions, *, output_positions: Union[int, Sequence[int]] = 
             raw max-flow values (each at most 1).
         backend: ``"auto"`` (fastest exact engine available), ``"numba"``, ``"scipy"`` or
             ``"networkx"`` (the authors' Edmonds–Karp, for reference).
+        causal_normalization: for causal (decoder) attention, divide each flow by the flow the
+            same source sends to that input under uniform causal attention (its receptive
+            field) and rescale to the original sum; see :mod:`captum_attnflow.functional.causal`.
+        allow_large: run problems whose estimated cost exceeds the budget of
+            :func:`captum_attnflow._validation.check_flow_budget`; otherwise they raise
+            :class:`~captum_attnflow.exceptions.ProblemTooLargeError` with the estimate.
 
     Example:
         >>> import torch
@@ -72,6 +87,12 @@ def attention_flow(attentions, *, output_positions: Union[int, Sequence[int]] = 
     layer_index = check_layer(layer, num_layers)
     positions, scalar = check_positions(output_positions, seq_len, "output_positions")
     _maxflow.check_backend(backend)
+    check_flag("normalize", normalize)
+    check_flag("causal_normalization", causal_normalization)
+    check_flow_budget(estimate_flow_cost(layer_index + 1, seq_len, batch_size, len(positions), backend=backend,
+                                         repeats=2 if causal_normalization else 1), allow_large)
+    if causal_normalization:
+        check_causal_transitions(transitions[: layer_index + 1])
     graph = transitions[: layer_index + 1].detach().to("cpu", torch.float64).numpy()
     valid_tokens = None if attention_mask is None else attention_mask.bool().cpu().numpy()
     flows = np.stack([
@@ -81,4 +102,15 @@ def attention_flow(attentions, *, output_positions: Union[int, Sequence[int]] = 
         for b in range(batch_size)
     ])
     result = torch.from_numpy(flows).to(transitions.device, transitions.dtype)
+    if causal_normalization:
+        uniform = receptive_field_transitions(
+            layer_index + 1, batch_size, seq_len, residual_weight=residual_weight, dtype=torch.float64,
+            attention_mask=None if attention_mask is None else attention_mask.cpu())
+        baseline = np.stack([
+            flow_from_transitions(uniform[:, b].numpy(), positions,
+                                  valid=None if valid_tokens is None else valid_tokens[b],
+                                  normalize=normalize, backend=backend)
+            for b in range(batch_size)
+        ])
+        result = normalize_by_receptive_field(result, torch.from_numpy(baseline).to(result))
     return result[:, 0] if scalar else result

@@ -4,6 +4,8 @@ from typing import Optional
 
 import torch
 
+from captum_attnflow._validation import check_causal_transitions, check_flag
+from captum_attnflow.functional.causal import normalize_by_receptive_field, receptive_field_transitions
 from captum_attnflow.functional.fusion import transition_matrices
 
 
@@ -38,7 +40,8 @@ def rollout_rows(transitions: torch.Tensor, row_weights: torch.Tensor, layers) -
 
 def attention_rollout(attentions, *, head_fusion: str = "mean", residual_weight: float = 0.5,
                       discard_ratio: float = 0.0,
-                      attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      attention_mask: Optional[torch.Tensor] = None,
+                      causal_normalization: bool = False) -> torch.Tensor:
     """Rollout matrix after every layer, shape ``(L, B, S, S)``.
 
     Row ``i`` of ``result[l, b]`` says how token ``i`` after layer ``l + 1`` draws on the
@@ -52,6 +55,9 @@ def attention_rollout(attentions, *, head_fusion: str = "mean", residual_weight:
         discard_ratio: fraction of the smallest fused weights per row zeroed first.
         attention_mask: optional ``(B, S)`` 0/1 padding mask; see
             :func:`~captum_attnflow.functional.transition_matrices`.
+        causal_normalization: for causal (decoder) attention, divide every entry by the
+            rollout of uniform causal attention (the receptive-field mass) and rescale rows
+            to sum to 1; see :mod:`captum_attnflow.functional.causal`.
 
     Example:
         >>> import torch
@@ -60,7 +66,16 @@ def attention_rollout(attentions, *, head_fusion: str = "mean", residual_weight:
         >>> attention_rollout(attentions).shape
         torch.Size([3, 1, 5, 5])
     """
+    check_flag("causal_normalization", causal_normalization)
     transitions = transition_matrices(attentions, head_fusion=head_fusion,
                                       residual_weight=residual_weight,
                                       discard_ratio=discard_ratio, attention_mask=attention_mask)
-    return rollout_from_transitions(transitions)
+    rollout = rollout_from_transitions(transitions)
+    if not causal_normalization:
+        return rollout
+    check_causal_transitions(transitions)
+    num_layers, batch_size, seq_len, _ = transitions.shape
+    baseline = rollout_from_transitions(receptive_field_transitions(
+        num_layers, batch_size, seq_len, residual_weight=residual_weight, attention_mask=attention_mask,
+        dtype=transitions.dtype, device=transitions.device))
+    return normalize_by_receptive_field(rollout, baseline)

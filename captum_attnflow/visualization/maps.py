@@ -1,0 +1,193 @@
+"""Per-layer attribution maps (the paper's Fig. 3/4) and per-token method comparisons."""
+
+from typing import Dict, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from captum_attnflow._validation import check_position
+from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
+from captum_attnflow.functional import attention_flow, attention_rollout, fuse_heads
+from captum_attnflow.functional.fusion import transition_matrices
+from captum_attnflow.visualization._common import (
+    PathLike,
+    check_tokens,
+    figure_and_axes,
+    new_figure,
+    save_figure,
+    to_numpy,
+)
+from captum_attnflow.visualization.graph import _check_example
+
+MAP_METHODS = ("raw", "rollout", "flow")
+
+
+def layer_attribution_maps(attentions, *, output_token: int = 0, example: int = 0,
+                           methods: Sequence[str] = MAP_METHODS, head_fusion: str = "mean",
+                           residual_weight: float = 0.5) -> Dict[str, np.ndarray]:
+    """Raw attention, rollout and flow of one token after every layer, as ``(L, S)`` arrays.
+
+    Row ``l`` of each map explains ``output_token`` after layer ``l + 1``: ``"raw"`` is the
+    head-fused attention row (no residual), ``"rollout"`` the rollout row and ``"flow"`` the
+    normalised attention flow, all computed with :mod:`captum_attnflow.functional`.
+
+    Example:
+        >>> import torch
+        >>> attentions = [torch.softmax(torch.randn(1, 2, 4, 4), -1) for _ in range(3)]
+        >>> {name: m.shape for name, m in layer_attribution_maps(attentions).items()}
+        {'raw': (3, 4), 'rollout': (3, 4), 'flow': (3, 4)}
+    """
+    unknown = set(methods) - set(MAP_METHODS)
+    if unknown:
+        raise InvalidParameterError(f"Unknown methods {sorted(unknown)}; choose from {MAP_METHODS}.")
+    stacked = torch.stack(list(attentions)) if isinstance(attentions, (list, tuple)) else attentions
+    example = _check_example(example, stacked.shape[1])
+    stacked = stacked[:, example: example + 1]  # keep a batch of one: flow runs per example
+    options = dict(head_fusion=head_fusion, residual_weight=residual_weight)
+    maps = {}
+    if "raw" in methods:
+        maps["raw"] = to_numpy(fuse_heads(stacked, head_fusion)[:, 0, output_token], "attentions")
+    if "rollout" in methods:
+        maps["rollout"] = to_numpy(attention_rollout(stacked, **options)[:, 0, output_token], "rollout")
+    if "flow" in methods:
+        num_layers = transition_matrices(stacked, **options).shape[0]
+        maps["flow"] = np.stack([
+            to_numpy(attention_flow(stacked, output_positions=output_token, layer=layer, **options)[0], "flow")
+            for layer in range(num_layers)])
+    return maps
+
+
+def _map_array(values, example: int, name: str) -> np.ndarray:
+    array = to_numpy(values, name)
+    if array.ndim == 3:  # (L, B, S) as returned with return_all_layers=True
+        array = array[:, _check_example(example, array.shape[1])]
+    if array.ndim != 2:
+        raise InvalidInputError(f"The map '{name}' must have shape (L, S) or (L, B, S); got {array.shape}.")
+    return array
+
+
+def plot_layer_maps(maps, tokens: Sequence[str], *, example: int = 0, output_token: int = 0,
+                    hide_positions: Sequence[int] = (), axes: Optional[Sequence[Axes]] = None, cmap: str = "viridis",
+                    title: Optional[str] = None, path: Optional[PathLike] = None, **map_options) -> Figure:
+    """One heat map per method: layers bottom-to-top, input tokens left-to-right.
+
+    Args:
+        maps: ``{method name: (L, S) or (L, B, S) scores}`` (e.g. from ``attribute(...,
+            return_all_layers=True)``), or raw attentions, in which case
+            :func:`layer_attribution_maps` computes raw attention, rollout and flow.
+        tokens: one label per position.
+        example: which example of a batched map to draw.
+        output_token: the explained token (used when ``maps`` are attentions).
+        hide_positions: positions left out of the picture (scores unchanged), e.g. ``(0,)``
+            when ``[CLS]``'s share of its own explanation drowns out every word.
+        axes: one axes per method to draw into; by default a new row of panels.
+        cmap: colormap; every panel has its own colour scale (methods differ in range).
+        title: figure title.
+        path: also save the figure there.
+        **map_options: ``head_fusion``, ``residual_weight``, ``methods`` for
+            :func:`layer_attribution_maps`.
+
+    Returns:
+        The matplotlib figure.
+
+    Example:
+        >>> import torch
+        >>> attentions = [torch.softmax(torch.randn(1, 2, 4, 4), -1) for _ in range(3)]
+        >>> figure = plot_layer_maps(attentions, ["[CLS]", "a", "cat", "[SEP]"])
+        >>> [ax.get_title() for ax in figure.axes[:3]]
+        ['raw', 'rollout', 'flow']
+    """
+    if not isinstance(maps, Mapping):
+        maps = layer_attribution_maps(maps, output_token=output_token, example=example, **map_options)
+        example = 0
+    arrays = {name: _map_array(values, example, name) for name, values in maps.items()}
+    if not arrays:
+        raise InvalidInputError("maps is empty; pass at least one method.")
+    num_layers, seq_len = next(iter(arrays.values())).shape
+    tokens = check_tokens(tokens, seq_len)
+    hidden = {check_position(position, seq_len, "hide_positions") for position in hide_positions}
+    shown = [position for position in range(seq_len) if position not in hidden]
+    if not shown:
+        raise InvalidParameterError("hide_positions hides every token; keep at least one.")
+    if axes is None:
+        figure, grid = new_figure((max(3.0, 0.38 * len(shown) + 1.6) * len(arrays), 0.45 * num_layers + 2.2),
+                                  ncols=len(arrays))
+        axes = list(grid[0])
+    if len(axes) != len(arrays):
+        raise InvalidParameterError(f"Got {len(axes)} axes for {len(arrays)} methods; pass one per method.")
+    for ax, (name, array) in zip(axes, arrays.items()):
+        if array.shape != (num_layers, seq_len):
+            raise InvalidInputError(f"Map '{name}' has shape {array.shape}, expected {(num_layers, seq_len)}.")
+        _draw_map(ax, array[:, shown], [tokens[position] for position in shown], name, colormaps[cmap])
+    figure = axes[0].figure
+    if title is not None:
+        figure.suptitle(title)
+    save_figure(figure, path)
+    return figure
+
+
+def _draw_map(ax: Axes, array: np.ndarray, tokens: Sequence[str], name: str, cmap) -> None:
+    image = ax.imshow(array, cmap=cmap, aspect="auto", origin="lower", interpolation="nearest")
+    ax.set_xticks(range(len(tokens)), tokens, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(array.shape[0]), [str(layer) for layer in range(1, array.shape[0] + 1)], fontsize=8)
+    ax.set_ylabel("layer")
+    ax.set_title(name)
+    ax.figure.colorbar(image, ax=ax, shrink=0.85, pad=0.02)
+
+
+def plot_method_comparison(attributions: Mapping[str, object], tokens: Sequence[str], *, example: int = 0,
+                           ax: Optional[Axes] = None, title: Optional[str] = None,
+                           path: Optional[PathLike] = None) -> Figure:
+    """Grouped bars: every method's score per token, each scaled by its largest magnitude.
+
+    Scaling makes methods with different units (a distribution for rollout and flow,
+    logit differences for ablation, gradients for IG) comparable by *shape*; signs are kept.
+
+    Args:
+        attributions: ``{method name: (S,) or (B, S) scores}``.
+        tokens: one label per position.
+        example: which example of batched scores to draw.
+        ax: axes to draw into; by default a new figure.
+        title: axes title.
+        path: also save the figure there.
+
+    Example:
+        >>> figure = plot_method_comparison({"a": [0.1, 0.9], "b": [0.5, -0.5]}, ["x", "y"])
+        >>> len(figure.axes)
+        1
+    """
+    rows = {}
+    for name, values in attributions.items():
+        array = to_numpy(values, name)
+        if array.ndim == 2:
+            array = array[_check_example(example, array.shape[0])]
+        if array.ndim != 1:
+            raise InvalidInputError(f"Scores of '{name}' must have shape (S,) or (B, S); got {array.shape}.")
+        peak = np.abs(array).max()
+        rows[name] = array / peak if peak > 0 else array
+    if not rows:
+        raise InvalidInputError("attributions is empty; pass at least one method.")
+    seq_len = len(next(iter(rows.values())))
+    tokens = check_tokens(tokens, seq_len)
+    if any(len(row) != seq_len for row in rows.values()):
+        raise InvalidInputError("Every method must score the same number of tokens.")
+    figure, ax = figure_and_axes(ax, (max(6.0, 0.55 * seq_len * max(1, len(rows) / 3) + 1.5), 3.6))
+    width = 0.8 / len(rows)
+    colours = colormaps["tab10"]
+    for index, (name, row) in enumerate(rows.items()):
+        offsets = np.arange(seq_len) - 0.4 + width * (index + 0.5)
+        ax.bar(offsets, row, width=width, label=name, color=colours(index % 10))
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.set_xticks(range(seq_len), tokens, rotation=45, ha="right")
+    ax.set_ylabel("score / max |score|")
+    ax.set_xlim(-0.6, seq_len - 0.4)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    if title is not None:
+        ax.set_title(title)
+    save_figure(figure, path)
+    return figure

@@ -1,0 +1,160 @@
+"""Fuzzing the public API: random shapes, dtypes, values and options.
+
+Every call must either return a correct result or raise one of the documented
+exceptions (:class:`AttnFlowError` subclasses) — never a raw torch, numpy or networkx error.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from captum_attnflow import AttentionFlow, AttentionRollout, AttnFlowError, RawAttention
+from captum_attnflow.functional import attention_flow, attention_rollout, transition_matrices
+from test_model_restored import assert_unchanged, snapshot, tiny_bert
+
+FUZZ = settings(max_examples=50, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+          torch.uint8, torch.bool, torch.complex64]
+SPECIAL_VALUES = [0.0, -1.0, 2.0, math.nan, math.inf, -math.inf, 1e30]
+
+
+@st.composite
+def tensors(draw, max_ndim=6, max_side=5):
+    """A tensor of random rank, sides (zero allowed), dtype and values (NaN, inf, negatives ...)."""
+    shape = draw(st.lists(st.integers(0, max_side), min_size=0, max_size=max_ndim))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 31)))
+    values = torch.softmax(torch.randn(*shape, generator=generator), dim=-1) if shape else torch.rand(())
+    if draw(st.booleans()) and values.numel() > 0:
+        flat = values.flatten()
+        flat[draw(st.integers(0, values.numel() - 1))] = draw(st.sampled_from(SPECIAL_VALUES))
+        values = flat.reshape(values.shape)
+    dtype = draw(st.sampled_from(DTYPES))
+    if dtype.is_complex:
+        return values.to(dtype)
+    return values.nan_to_num().to(dtype) if not dtype.is_floating_point else values.to(dtype)
+
+
+@st.composite
+def attentions_arguments(draw):
+    """Mostly well-formed (L, B, H, S, S) attention, sometimes anything at all."""
+    choice = draw(st.sampled_from(["valid", "valid", "list", "tensor", "other"]))
+    if choice == "tensor":
+        return draw(tensors())
+    if choice == "other":
+        return draw(st.sampled_from([None, 3.0, "attn", [], [[0.5]], np.ones((1, 1, 1, 2, 2))]))
+    num_layers, batch_size, heads, seq_len = (draw(st.integers(1, 3)), draw(st.integers(1, 2)),
+                                              draw(st.integers(1, 2)), draw(st.integers(1, 5)))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 31)))
+    weights = torch.softmax(torch.randn(num_layers, batch_size, heads, seq_len, seq_len, generator=generator), -1)
+    return list(weights) if choice == "list" else weights
+
+
+OPTION_VALUES = {
+    "head_fusion": st.sampled_from(["mean", "max", "min", "median", "", None, 1]),
+    "residual_weight": st.sampled_from([0.0, 0.5, 1.0, -0.1, 1.1, math.nan, None, "0.5", True]) | st.floats(0, 1),
+    "discard_ratio": st.sampled_from([0.0, 0.3, 0.99, 1.0, -0.5, math.inf, None]),
+    "attention_mask": st.none() | tensors(max_ndim=3) | st.sampled_from([[1, 1], "mask"]),
+    "layer": st.integers(-5, 5) | st.sampled_from([None, 0.0, "last", True]),
+    "output_positions": st.integers(-6, 6) | st.lists(st.integers(-6, 6), max_size=3)
+    | st.sampled_from([None, 1.5, torch.tensor(1), torch.tensor([0, 1]), [[0]]]),
+    "normalize": st.sampled_from([True, False, "yes", None]),
+    "backend": st.sampled_from(["auto", "networkx", "cplex", None]),
+    "causal_normalization": st.sampled_from([False, True, 1]),
+    "allow_large": st.sampled_from([False, True, "no"]),
+}
+FUNCTION_OPTIONS = {
+    transition_matrices: ["head_fusion", "residual_weight", "discard_ratio", "attention_mask"],
+    attention_rollout: ["head_fusion", "residual_weight", "discard_ratio", "attention_mask", "causal_normalization"],
+    attention_flow: list(OPTION_VALUES),
+}
+
+
+@st.composite
+def options_for(draw, names):
+    chosen = draw(st.lists(st.sampled_from(names), unique=True, max_size=4))
+    return {name: draw(OPTION_VALUES[name]) for name in chosen}
+
+
+def _check_distribution_rows(result: torch.Tensor):
+    assert torch.isfinite(result).all() and (result >= -1e-6).all()
+    assert torch.allclose(result.sum(-1).double(), torch.ones(result.shape[:-1], dtype=torch.float64), atol=1e-4)
+
+
+@pytest.mark.parametrize("function", list(FUNCTION_OPTIONS), ids=lambda f: f.__name__)
+@FUZZ
+@given(data=st.data())
+def test_functional_api_returns_correct_results_or_documented_errors(function, data):
+    attentions = data.draw(attentions_arguments())
+    options = data.draw(options_for(FUNCTION_OPTIONS[function]))
+    try:
+        result = function(attentions, **options)
+    except AttnFlowError as error:
+        event(type(error).__name__)
+        return
+    event("result")
+    assert isinstance(result, torch.Tensor)
+    if function is attention_flow:
+        assert torch.isfinite(result).all() and (result >= -1e-6).all() and (result <= 1 + 1e-6).all()
+        if options.get("normalize", True) is True:
+            _check_distribution_rows(result)
+    else:
+        _check_distribution_rows(result)
+
+
+@st.composite
+def model_inputs(draw):
+    """Token ids of random rank/dtype/values, or well-formed ids with a random mask."""
+    if draw(st.booleans()):
+        return draw(tensors(max_ndim=3, max_side=6)), None
+    batch_size, seq_len = draw(st.integers(1, 3)), draw(st.integers(1, 8))
+    ids = torch.tensor(draw(st.lists(st.integers(-2, 55), min_size=batch_size * seq_len,
+                                     max_size=batch_size * seq_len))).reshape(batch_size, seq_len)
+    mask = draw(st.none() | tensors(max_ndim=3, max_side=8) | st.just(torch.ones(batch_size, seq_len, dtype=torch.long))
+                | st.just(torch.ones(batch_size, seq_len, dtype=torch.long).tril()))
+    return ids, mask
+
+
+CLASS_OPTIONS = {
+    AttentionRollout: ["head_fusion", "residual_weight", "discard_ratio", "layer", "causal_normalization"],
+    AttentionFlow: ["head_fusion", "residual_weight", "discard_ratio", "layer", "normalize", "backend",
+                    "causal_normalization", "allow_large"],
+    RawAttention: ["head_fusion", "layer"],
+}
+TOKEN_INDICES = st.integers(-9, 9) | st.sampled_from(["mean", "last", "first", None, 1.0, torch.tensor([0, 1]),
+                                                      torch.tensor([[0]]), [0, 0], []])
+
+
+@pytest.fixture(scope="module")
+def bert():
+    return tiny_bert()  # max_position_embeddings=32: longer inputs fail inside the model itself
+
+
+@pytest.mark.parametrize("method", list(CLASS_OPTIONS), ids=lambda m: m.__name__)
+@FUZZ
+@given(data=st.data())
+def test_classes_return_correct_results_or_documented_errors(bert, method, data):
+    ids, mask = data.draw(model_inputs())
+    options = data.draw(options_for(CLASS_OPTIONS[method]))
+    token_index = data.draw(TOKEN_INDICES)
+    before = snapshot(bert)
+    try:
+        scores = method(bert).attribute(ids, additional_forward_args=None if mask is None else (mask,),
+                                        token_index=token_index, **options)
+    except AttnFlowError as error:
+        event(type(error).__name__)
+        assert_unchanged(bert, before)
+        return
+    event("result")
+    assert_unchanged(bert, before)
+    assert scores.shape == ids.shape
+    assert torch.isfinite(scores).all() and (scores >= -1e-6).all()
+    if mask is not None:
+        assert (scores[mask == 0] == 0).all()
+    if method is AttentionRollout or (method is AttentionFlow and options.get("normalize", True)):
+        assert torch.allclose(scores.sum(-1), torch.ones(ids.shape[0]), atol=1e-4)
