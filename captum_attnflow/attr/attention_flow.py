@@ -11,7 +11,7 @@ from captum_attnflow.attr._base import AttentionAttributionBase, TokenIndex
 from captum_attnflow.capture import CapturedAttention
 from captum_attnflow.functional import _maxflow
 from captum_attnflow.functional.causal import normalize_by_receptive_field, receptive_field_transitions
-from captum_attnflow.functional.flow import flow_from_transitions
+from captum_attnflow.functional.flow import batched_flow_from_transitions
 from captum_attnflow.functional.fusion import transition_matrices
 
 
@@ -100,12 +100,13 @@ class AttentionFlow(AttentionAttributionBase):
                                                   dtype=torch.float64).numpy()
         scores = np.zeros((len(layers), graphs.shape[1], graphs.shape[2]))
         for out_row, layer in enumerate(layers):
-            for b, example_positions in enumerate(positions):
-                flows = flow_from_transitions(graphs[: layer + 1, b], example_positions, valid=valid_np[b],
-                                              normalize=normalize, backend=backend)
-                if uniform is not None:
-                    baseline = flow_from_transitions(uniform[: layer + 1, b], example_positions, valid=valid_np[b],
-                                                     normalize=normalize, backend=backend)
-                    flows = normalize_by_receptive_field(torch.from_numpy(flows), torch.from_numpy(baseline)).numpy()
-                scores[out_row, b] = flows.mean(axis=0)
+            # Every example's problems go to the engine in one call (parallel over cores).
+            flows = batched_flow_from_transitions(graphs[: layer + 1].transpose(1, 0, 2, 3), positions,
+                                                  valid=valid_np, normalize=normalize, backend=backend)
+            if uniform is not None:
+                baselines = batched_flow_from_transitions(uniform[: layer + 1].transpose(1, 0, 2, 3), positions,
+                                                          valid=valid_np, normalize=normalize, backend=backend)
+                flows = [normalize_by_receptive_field(torch.from_numpy(f), torch.from_numpy(u)).numpy()
+                         for f, u in zip(flows, baselines)]
+            scores[out_row] = np.stack([f.mean(axis=0) for f in flows])
         return torch.from_numpy(scores).float()

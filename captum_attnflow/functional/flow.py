@@ -1,6 +1,6 @@
 """Attention flow (Abnar & Zuidema, 2020, Sec. 4): max-flow in the layered attention graph."""
 
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -33,14 +33,41 @@ def flow_from_transitions(transitions: np.ndarray, sources: Sequence[int], *,
 
     Returns:
         ``(len(sources), S)`` array of flow values.
+
+    Example:
+        >>> import numpy as np
+        >>> transitions = np.array([[[0.5, 0.5], [0.0, 1.0]], [[1.0, 0.0], [0.5, 0.5]]])
+        >>> flow_from_transitions(transitions, [0], normalize=False)
+        array([[0.5, 0.5]])
     """
-    flows = _maxflow.max_flow_to_inputs(transitions, list(sources), valid=valid, backend=backend)
+    return batched_flow_from_transitions(np.asarray(transitions)[None], [list(sources)],
+                                         valid=None if valid is None else np.asarray(valid)[None],
+                                         normalize=normalize, backend=backend)[0]
+
+
+def batched_flow_from_transitions(transitions: np.ndarray, sources: Sequence[Sequence[int]], *,
+                                  valid: Optional[np.ndarray] = None, normalize: bool = True,
+                                  backend: str = "auto") -> List[np.ndarray]:
+    """:func:`flow_from_transitions` for a batch, solved in one call to the engine.
+
+    Args:
+        transitions: ``(B, l, S, S)`` float64 array of every example's ``Â_1 … Â_l``.
+        sources: for each example, its explained positions (lists may differ in length).
+        valid: optional ``(B, S)`` bool array of real tokens; padded inputs get 0.
+        normalize, backend: as in :func:`flow_from_transitions`.
+
+    Returns:
+        A list of B arrays, ``(len(sources[b]), S)`` each.
+    """
+    examples = np.concatenate([np.full(len(p), b, dtype=np.int64) for b, p in enumerate(sources)])
+    positions = np.concatenate([np.asarray(p, dtype=np.int64) for p in sources])
+    flows = _maxflow.max_flows_for_tasks(transitions, examples, positions, valid=valid, backend=backend)
     if valid is not None:
-        flows[:, ~valid] = 0.0
+        flows[~np.asarray(valid, dtype=bool)[examples]] = 0.0
     if normalize:
         totals = flows.sum(axis=1, keepdims=True)
         flows = np.divide(flows, totals, out=np.zeros_like(flows), where=totals > 0)
-    return flows
+    return np.split(flows, np.cumsum([len(p) for p in sources])[:-1])
 
 
 def attention_flow(attentions, *, output_positions: Union[int, Sequence[int]] = 0, layer: int = -1,
@@ -95,22 +122,15 @@ def attention_flow(attentions, *, output_positions: Union[int, Sequence[int]] = 
         check_causal_transitions(transitions[: layer_index + 1])
     graph = transitions[: layer_index + 1].detach().to("cpu", torch.float64).numpy()
     valid_tokens = None if attention_mask is None else attention_mask.bool().cpu().numpy()
-    flows = np.stack([
-        flow_from_transitions(graph[:, b], positions,
-                              valid=None if valid_tokens is None else valid_tokens[b],
-                              normalize=normalize, backend=backend)
-        for b in range(batch_size)
-    ])
+    flows = np.stack(batched_flow_from_transitions(graph.transpose(1, 0, 2, 3), [positions] * batch_size,
+                                                   valid=valid_tokens, normalize=normalize, backend=backend))
     result = torch.from_numpy(flows).to(transitions.device, transitions.dtype)
     if causal_normalization:
         uniform = receptive_field_transitions(
             layer_index + 1, batch_size, seq_len, residual_weight=residual_weight, dtype=torch.float64,
             attention_mask=None if attention_mask is None else attention_mask.cpu())
-        baseline = np.stack([
-            flow_from_transitions(uniform[:, b].numpy(), positions,
-                                  valid=None if valid_tokens is None else valid_tokens[b],
-                                  normalize=normalize, backend=backend)
-            for b in range(batch_size)
-        ])
+        baseline = np.stack(batched_flow_from_transitions(
+            uniform.numpy().transpose(1, 0, 2, 3), [positions] * batch_size, valid=valid_tokens,
+            normalize=normalize, backend=backend))
         result = normalize_by_receptive_field(result, torch.from_numpy(baseline).to(result))
     return result[:, 0] if scalar else result
