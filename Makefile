@@ -24,7 +24,7 @@ demo: install
 	$(PY) -m captum_attnflow.demo --out demo_output
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --doctest-modules captum_attnflow tests
 
 bench: install
 	$(PY) benchmarks/bench.py

@@ -113,8 +113,12 @@ def format_table(result: Dict, sentence_index: int) -> str:
 def write_html(result: Dict, path: Path) -> Path:
     from captum_attnflow.visualization import comparison_html
 
-    comparison_html(result["tokens"], {name: [s[i, : len(t)] for i, t in enumerate(result["tokens"])]
-                                       for name, s in result["scores"].items()},
+    # Scores are right-padded (B, S); comparison_html reads each row up to its token count.
+    comparison_html(result["tokens"], {name: scores.detach() for name, scores in result["scores"].items()},
+                    pred_labels=["cosine similarity"] * len(result["tokens"]),
+                    pred_probs=[float(value) for value in result["similarity"]],
+                    description="Each row explains the cosine similarity of the sentence to the query "
+                                "(shown in brackets) with one method.",
                     path=path, title="captum-attnflow demo: similarity to the query")
     return path
 
