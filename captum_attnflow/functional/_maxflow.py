@@ -220,14 +220,14 @@ def _blocking_flow(capacity, flow, touched, level, pointer, path_n, path_a, path
             if n == 1 and arc < seq_len and arc != sink:  # layer 1 only leads to the sink
                 pointer[n, a] = sink if arc < sink else seq_len
                 continue
-            if _residual(capacity, flow, n, a, arc, seq_len, top, sink) > tol:
-                m, b = _head(n, arc, seq_len)
-                if level[m, b] == level[n, a] + 1:
-                    path_arc[depth] = arc
-                    depth += 1
-                    path_n[depth], path_a[depth] = m, b
-                    advanced = True
-                    break
+            m, b = _head(n, arc, seq_len)
+            # The level test first: it is cheap and rejects dead heads without touching C, F.
+            if level[m, b] == level[n, a] + 1 and _residual(capacity, flow, n, a, arc, seq_len, top, sink) > tol:
+                path_arc[depth] = arc
+                depth += 1
+                path_n[depth], path_a[depth] = m, b
+                advanced = True
+                break
             pointer[n, a] += 1
         if advanced:
             continue
