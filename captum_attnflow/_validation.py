@@ -3,11 +3,15 @@
 Each check raises one of the documented exceptions of
 :mod:`captum_attnflow.exceptions` with a message that names the parameter and
 says what to do.  Nothing here imports transformers.
+
+Groups: options (``head_fusion``, fractions, flags, ``layer``, positions, ``token_index``),
+model inputs per family (token ids, sequence inputs, pixel values), masks, attention
+tensors, and the cost budget of exact attention flow.
 """
 
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
@@ -30,13 +34,19 @@ def check_head_fusion(head_fusion: str) -> str:
 
 
 def check_fraction(name: str, value, *, upper_open: bool = False) -> float:
-    """``value`` must be a real number in [0, 1] (or [0, 1) with ``upper_open``)."""
+    """``value`` must be a real number in [0, 1] (or [0, 1) with ``upper_open``).
+
+    Example:
+        >>> check_fraction("residual_weight", 0.5)
+        0.5
+    """
+    interval = "[0, 1)" if upper_open else "[0, 1]"
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise InvalidParameterError(f"{name} must be a float, got {type(value).__name__}.")
+        raise InvalidParameterError(
+            f"{name} must be a float, got {type(value).__name__}; pass a value in {interval}.")
     value = float(value)
     upper_ok = value < 1.0 if upper_open else value <= 1.0
-    if not (0.0 <= value and upper_ok):
-        interval = "[0, 1)" if upper_open else "[0, 1]"
+    if not (0.0 <= value and upper_ok):  # NaN fails both comparisons
         raise InvalidParameterError(f"{name}={value} is outside {interval}; pass a value in {interval}.")
     return value
 
@@ -44,7 +54,9 @@ def check_fraction(name: str, value, *, upper_open: bool = False) -> float:
 def check_layer(layer, num_layers: int, name: str = "layer") -> int:
     """Normalise a Python-style layer index (0 = after the first layer, -1 = last)."""
     if isinstance(layer, bool) or not isinstance(layer, Integral):
-        raise InvalidParameterError(f"{name} must be an int, got {type(layer).__name__}.")
+        raise InvalidParameterError(
+            f"{name} must be an int indexing the {num_layers} layers like a Python list (-1 = last), "
+            f"got {type(layer).__name__}.")
     if not -num_layers <= layer < num_layers:
         raise InvalidParameterError(
             f"{name}={layer} is out of range for a model with {num_layers} layers; "
@@ -55,7 +67,8 @@ def check_layer(layer, num_layers: int, name: str = "layer") -> int:
 
 def check_position(position, seq_len: int, name: str) -> int:
     if isinstance(position, bool) or not isinstance(position, Integral):
-        raise InvalidParameterError(f"{name} must be an int, got {type(position).__name__}.")
+        raise InvalidParameterError(
+            f"{name} must be an int position in [{-seq_len}, {seq_len - 1}], got {type(position).__name__}.")
     if not -seq_len <= position < seq_len:
         raise InvalidParameterError(
             f"{name}={position} is out of range for sequences of length {seq_len}; "
@@ -108,7 +121,8 @@ def check_attentions(attentions) -> torch.Tensor:
             f"got {tuple(stacked.shape)}."
         )
     if not stacked.is_floating_point():
-        raise InvalidInputTypeError(f"attentions must be floating point, got dtype {stacked.dtype}.")
+        raise InvalidInputTypeError(
+            f"attentions must be floating point, got dtype {stacked.dtype}; pass post-softmax probabilities.")
     if min(stacked.shape) == 0:
         raise InvalidInputError(f"attentions has an empty dimension: shape {tuple(stacked.shape)}.")
     if not torch.isfinite(stacked).all():
@@ -142,6 +156,78 @@ def check_attention_mask(attention_mask, batch_size: int, seq_len: int) -> Optio
             "each example needs at least one real token."
         )
     return mask
+
+
+def check_key_padding_mask(key_padding_mask: torch.Tensor, batch_size: int, seq_len: int) -> None:
+    """A padding mask reaching ``nn.MultiheadAttention`` must be ``(B, S)`` like its keys.
+
+    Checked as the attention module is called, since for plain PyTorch models the mask only
+    becomes known there; torch would otherwise fail with an assertion inside the model.
+    (An all-padding example is refused once the mask is read, by :func:`check_attention_mask`.)
+    """
+    if tuple(key_padding_mask.shape) != (batch_size, seq_len):
+        raise InvalidInputError(
+            f"attention_mask: the key_padding_mask reaching nn.MultiheadAttention has shape "
+            f"{tuple(key_padding_mask.shape)} but the keys have (batch, seq_len) = ({batch_size}, {seq_len}); "
+            "pass one entry per token (e.g. src_key_padding_mask=attention_mask == 0).")
+
+
+# --- Model inputs, per family ------------------------------------------------------------
+
+def check_token_ids(inputs: Any) -> torch.Tensor:
+    """``inputs`` must be integer token ids of shape ``(B, S)`` (Hugging Face text models)."""
+    if not isinstance(inputs, torch.Tensor):
+        raise InvalidInputTypeError(
+            f"inputs must be a torch.Tensor, got {type(inputs).__name__}; pass token ids (B, S) "
+            "and the attention mask in additional_forward_args=(attention_mask,).")
+    if inputs.is_floating_point() or inputs.is_complex() or inputs.dtype == torch.bool:
+        raise InvalidInputTypeError(
+            f"inputs must be integer token ids, got dtype {inputs.dtype}; this model's adapter "
+            "expects input_ids of shape (B, S).")
+    if inputs.ndim != 2:
+        raise InvalidInputError(
+            f"inputs (token ids) must have shape (B, S), got {tuple(inputs.shape)}; add a batch "
+            "dimension with inputs[None] for a single sequence.")
+    return inputs
+
+
+def check_sequence_inputs(inputs: Any) -> torch.Tensor:
+    """Hand-built sequence models: token ids ``(B, S)`` or embeddings ``(B, S, D)`` / ``(S, B, D)``."""
+    if not isinstance(inputs, torch.Tensor):
+        raise InvalidInputTypeError(
+            f"inputs must be a torch.Tensor (token ids (B, S) or embeddings), got {type(inputs).__name__}.")
+    if inputs.dtype == torch.bool or inputs.is_complex():
+        # No attention model reads booleans or complex numbers as tokens or embeddings.
+        raise InvalidInputTypeError(
+            f"inputs must be integer token ids or real-valued embeddings, got dtype {inputs.dtype}.")
+    if inputs.ndim not in (2, 3):
+        raise InvalidInputError(
+            f"inputs must be token ids (B, S) or embeddings (B, S, D) / (S, B, D), got {tuple(inputs.shape)}.")
+    if inputs.ndim == 2 and inputs.is_floating_point():
+        raise InvalidInputTypeError(
+            f"inputs of shape {tuple(inputs.shape)} are read as token ids and must be integers, got dtype "
+            f"{inputs.dtype}; pass embeddings as (B, S, D).")
+    if inputs.ndim == 3 and not inputs.is_floating_point():
+        raise InvalidInputTypeError(
+            f"inputs of shape {tuple(inputs.shape)} are read as embeddings and must be floating point, got "
+            f"dtype {inputs.dtype}; pass token ids as (B, S).")
+    return inputs
+
+
+def check_pixel_values(inputs: Any) -> torch.Tensor:
+    """``inputs`` must be floating-point pixel values of shape ``(B, C, H, W)`` (vision models)."""
+    if not isinstance(inputs, torch.Tensor):
+        raise InvalidInputTypeError(
+            f"inputs must be a torch.Tensor of pixel values (B, C, H, W), got {type(inputs).__name__}.")
+    if not inputs.is_floating_point():
+        raise InvalidInputTypeError(
+            f"inputs of a vision model must be float pixel values, got dtype {inputs.dtype}; "
+            "preprocess images with the model's image processor.")
+    if inputs.ndim != 4:
+        raise InvalidInputError(
+            f"inputs (pixel values) must have shape (B, C, H, W), got {tuple(inputs.shape)}; add a batch "
+            "dimension with inputs[None] for a single image.")
+    return inputs
 
 
 def check_flag(name: str, value) -> bool:

@@ -1,10 +1,12 @@
 """One test per bad input: the documented exception, its built-in family, a message naming
-the parameter, and the model left as found."""
+the parameter, and the model left as found. The exceptions and when they are raised are
+listed in :mod:`captum_attnflow.exceptions`."""
 
 import math
 
 import pytest
 import torch
+import transformers as T
 from torch import nn
 
 from captum_attnflow import (
@@ -21,8 +23,8 @@ from captum_attnflow import (
     _validation,
 )
 from captum_attnflow.capture import HuggingFaceAdapter
-from captum_attnflow.functional import attention_flow, attention_rollout, transition_matrices
-from test_model_restored import assert_unchanged, snapshot, tiny_bert
+from captum_attnflow.functional import _maxflow, attention_flow, attention_rollout, transition_matrices
+from test_model_restored import PaddedEncoder, assert_unchanged, snapshot, tiny_bert, tiny_vit
 
 FAMILY = {
     InvalidParameterError: ValueError,
@@ -244,12 +246,33 @@ def test_unknown_backend(unchanged):
 
 # --- flow problems too large ------------------------------------------------------------------
 
-def test_large_flow_problem_is_refused_with_its_estimate():
-    weights = attentions(num_layers=4, seq_len=64)
+def _over_budget_seq_len(num_layers: int) -> int:
+    """The shortest power-of-two length whose all-positions flow the estimator puts over budget."""
+    seq_len = 16
+    while _validation.estimate_flow_cost(num_layers, seq_len, 1, seq_len).seconds <= 2 * _validation.FLOW_TIME_BUDGET_S:
+        seq_len *= 2
+    assert seq_len <= 1024, "the estimator calls a 12-layer, 1024-token flow cheap"
+    return seq_len
+
+
+def test_large_flow_problem_is_refused_with_its_estimate(monkeypatch):
+    num_layers = 12
+    seq_len = _over_budget_seq_len(num_layers)
+    cost = _validation.estimate_flow_cost(num_layers, seq_len, 1, seq_len)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a refused problem must not start solving")
+
+    for engine in ("max_flow_to_inputs", "batched_max_flow_to_inputs", "numba_max_flows", "networkx_max_flow"):
+        if hasattr(_maxflow, engine):
+            monkeypatch.setattr(_maxflow, engine, must_not_run)
     with pytest.raises(ProblemTooLargeError) as raised:
-        attention_flow(weights, output_positions=list(range(64)))
+        attention_flow(attentions(num_layers=num_layers, heads=1, seq_len=seq_len),
+                       output_positions=list(range(seq_len)))
     assert_documented(raised, ProblemTooLargeError, "allow_large")
-    assert "estimated" in str(raised.value) and "max-flow problems" in str(raised.value)
+    message = str(raised.value)
+    assert f"{cost.num_problems:,} max-flow problems" in message
+    assert f"estimated {cost.seconds:,.0f} s" in message
 
 
 def test_estimate_grows_with_every_dimension():
@@ -366,3 +389,98 @@ def test_causal_normalization_of_bidirectional_attention(function, unchanged):
     with pytest.raises(InvalidParameterError) as raised:
         AttentionRollout(unchanged).attribute(IDS, causal_normalization=True)
     assert_documented(raised, InvalidParameterError, "causal_normalization")
+
+
+def test_switch_to_eager_attention_failing():
+    class PinnedBert(T.BertModel):
+        """A model whose fused attention kernel cannot be switched off."""
+
+        def set_attn_implementation(self, implementation):
+            raise ValueError(f"{implementation!r} attention is not available for this model")
+
+    config = tiny_bert("sdpa").config
+    model = PinnedBert(config).eval()
+    before = snapshot(model)
+    with pytest.raises(AttentionCaptureError) as raised:
+        AttentionRollout(model).attribute(IDS)
+    assert_documented(raised, AttentionCaptureError, "attn_implementation", "eager")
+    assert_unchanged(model, before)
+
+
+def test_non_finite_attention_computed_by_the_model():
+    model = tiny_bert()
+    with torch.no_grad():
+        model.encoder.layer[1].attention.self.key.weight[0, 0] = math.nan  # e.g. a diverged checkpoint
+    before = snapshot(model)
+    for method in METHODS:
+        with pytest.raises(InvalidInputError) as raised:
+            method(model).attribute(IDS)
+        assert_documented(raised, InvalidInputError, "attentions", "NaN or inf")
+    assert_unchanged(model, before)
+
+
+# --- other model families: plain PyTorch encoders and vision transformers ---------------------
+
+@pytest.fixture(scope="module")
+def torch_encoder():
+    return PaddedEncoder().eval()
+
+
+@pytest.mark.parametrize("inputs, expected", [
+    (IDS.bool(), InvalidInputTypeError),
+    (IDS.to(torch.complex64), InvalidInputTypeError),
+    (IDS[0], InvalidInputError),
+    (IDS[None, None], InvalidInputError),
+    (torch.zeros(2, 0, dtype=torch.long), InvalidInputError),
+    (IDS.numpy(), InvalidInputTypeError),
+], ids=["bool", "complex", "1-d", "4-d", "empty", "numpy"])
+def test_bad_inputs_of_a_torch_model(torch_encoder, inputs, expected):
+    before = snapshot(torch_encoder)
+    with pytest.raises(expected) as raised:
+        AttentionRollout(torch_encoder).attribute(inputs, additional_forward_args=(torch.ones(2, 4),))
+    assert_documented(raised, expected, "inputs")
+    assert_unchanged(torch_encoder, before)
+
+
+@pytest.mark.parametrize("mask", [torch.ones(2, 5), torch.ones(1, 4), torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]])],
+                         ids=["too-long", "too-few-rows", "all-padding"])
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_bad_mask_of_a_torch_model(torch_encoder, method, mask):
+    # The mask reaches nn.MultiheadAttention through the user's forward; it is checked there.
+    before = snapshot(torch_encoder)
+    with pytest.raises(InvalidInputError) as raised:
+        method(torch_encoder).attribute(IDS, additional_forward_args=(mask,))
+    assert_documented(raised, InvalidInputError, "attention_mask")
+    assert_unchanged(torch_encoder, before)
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return tiny_vit()
+
+
+PIXELS = torch.rand(2, 3, 8, 8)
+
+
+@pytest.mark.parametrize("inputs, expected", [
+    ((PIXELS * 255).long(), InvalidInputTypeError),
+    (PIXELS[0], InvalidInputError),
+    (PIXELS.masked_fill(PIXELS > 0.9, math.nan), InvalidInputError),
+    (PIXELS[:, :, :0], InvalidInputError),
+    (IDS, InvalidInputTypeError),
+], ids=["integer-pixels", "3-d", "nan-pixels", "empty", "token-ids"])
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_bad_pixel_values(vit, method, inputs, expected):
+    before = snapshot(vit)
+    with pytest.raises(expected) as raised:
+        method(vit).attribute(inputs)
+    assert_documented(raised, expected, "inputs")
+    assert_unchanged(vit, before)
+
+
+def test_single_token_sequence_of_a_torch_model(torch_encoder):
+    before = snapshot(torch_encoder)
+    for method in METHODS:
+        scores = method(torch_encoder).attribute(IDS[:, :1], additional_forward_args=(torch.ones(2, 1),))
+        assert torch.allclose(scores, torch.ones(2, 1))
+    assert_unchanged(torch_encoder, before)

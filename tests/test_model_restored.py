@@ -1,8 +1,13 @@
 """Every call leaves the model exactly as found, whether it succeeds or raises.
 
-Checked after each call: parameters and buffers bit-identical, no hook left on any
-submodule, every config's attention implementation and flags, train/eval mode,
-``requires_grad``, torch's grad mode, global module hooks and the MHA fast-path switch.
+Checked after each call: parameters and buffers bit-identical (and the same objects, with
+the same ``.grad``), every hook dict of every submodule (forward, forward-pre, with-kwargs,
+always-called, backward, backward-pre, state-dict hooks, discovered from the module rather
+than listed), every plain attribute of every submodule (``training``, ``batch_first``,
+timm's ``fused_attn`` ...), every config's attention implementation and flags,
+``requires_grad``, torch's grad mode, torch's global module hooks and the MHA fast-path
+switch. Failures are injected before, during (inside the library's own hooks, with eager
+attention and every hook in place) and after the forward pass.
 """
 
 import copy
@@ -22,32 +27,51 @@ from captum_attnflow import (
 from captum_attnflow.capture import HuggingFaceAdapter
 
 METHODS = (AttentionRollout, AttentionFlow, RawAttention)
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
-               "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
-               "_backward_pre_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks")
+_PLAIN = (bool, int, float, str, type(None))
 
 
-# --- snapshot helpers (also used by test_errors.py and test_threads.py) ----------------------
+# --- snapshot helpers (also used by test_errors.py, test_fuzz.py and test_threads.py) ---------
 
 def _configs(model: nn.Module):
     return [m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "__dict__")]
 
 
+def _hook_dicts(holder) -> dict:
+    """Keys of every hook registry of a module (or of torch's global registries)."""
+    return {name: list(value.keys()) for name, value in vars(holder).items()
+            if "hook" in name and isinstance(value, dict)}
+
+
+def _module_state(module: nn.Module) -> dict:
+    attributes = vars(module)
+    return {
+        "hooks": _hook_dicts(module),
+        "attribute_names": sorted(attributes),  # catches e.g. an instance-level forward left behind
+        "plain_attributes": {k: v for k, v in attributes.items() if isinstance(v, _PLAIN)},
+        "class": type(module),
+    }
+
+
+def _global_hooks() -> dict:
+    registries = {k: v for k, v in vars(nn.modules.module).items() if k.startswith("_global_")}
+    return {name: list(value.keys()) if isinstance(value, dict) else value
+            for name, value in registries.items() if "hook" in name}
+
+
 def snapshot(model: nn.Module) -> dict:
     """Everything a capture could change, deep-copied."""
+    tensors = model.state_dict(keep_vars=True)
     return {
-        "tensors": {name: (t.dtype, t.shape, t.detach().cpu().numpy().tobytes())
-                    for name, t in model.state_dict(keep_vars=True).items()},
+        "tensors": {name: (t.dtype, t.shape, t.detach().cpu().numpy().tobytes()) for name, t in tensors.items()},
+        "tensor_objects": {name: id(t) for name, t in tensors.items()},
+        "grads": {name: None if p.grad is None else p.grad.detach().cpu().numpy().tobytes()
+                  for name, p in model.named_parameters()},
         "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
-        "training": {name: m.training for name, m in model.named_modules()},
-        "hooks": {name: {d: list(getattr(m, d, {}).keys()) for d in _HOOK_DICTS}
-                  for name, m in model.named_modules()},
+        "modules": {name: _module_state(m) for name, m in model.named_modules()},
         "configs": [copy.deepcopy(config.__dict__) for config in _configs(model)],
         "attn_implementation": [config.__dict__.get("_attn_implementation_internal")
                                 for config in _configs(model)],
-        "module_classes": {name: type(m) for name, m in model.named_modules()},
-        "global_hooks": (dict(nn.modules.module._global_forward_hooks),
-                         dict(nn.modules.module._global_forward_pre_hooks)),
+        "global_hooks": _global_hooks(),
         "grad_enabled": torch.is_grad_enabled(),
         "mha_fastpath": torch.backends.mha.get_fastpath_enabled(),
     }
@@ -82,6 +106,12 @@ def tiny_gpt2():
     return T.GPT2Model(T.GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2, n_positions=32)).eval()
 
 
+def tiny_vit():
+    torch.manual_seed(0)
+    return T.ViTModel(T.ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16,
+                                  num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)).eval()
+
+
 class ExplodingAttention(nn.MultiheadAttention):
     """Raises inside the hooked module when ``explode`` is set."""
 
@@ -108,50 +138,91 @@ class TorchEncoder(nn.Module):
         return self.encoder(self.embed(ids)).sum(-1)
 
 
-MODELS = {
-    "bert-sdpa": lambda: tiny_bert(),
-    "bert-eager": lambda: tiny_bert("eager"),
-    "bert-output-attentions": lambda: tiny_bert("eager", output_attentions=True),
-    "deberta-v2": tiny_deberta,
-    "gpt2": tiny_gpt2,
-    "torch-encoder": lambda: TorchEncoder().eval(),
-}
+class PaddedEncoder(nn.Module):
+    """Takes ``(ids, attention_mask)``; the torch MHA adapter finds the mask as it reaches the attention."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(50, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True, dropout=0.0)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+
+    def forward(self, ids, attention_mask):
+        return self.encoder(self.embed(ids), src_key_padding_mask=attention_mask == 0).sum(-1)
+
+
 IDS = torch.tensor([[1, 5, 7, 2, 9], [1, 9, 2, 0, 0]])
+PIXELS = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+MODELS = {  # name: (builder, inputs); one per capture route
+    "bert-sdpa": (lambda: tiny_bert(), IDS),
+    "bert-eager": (lambda: tiny_bert("eager"), IDS),
+    "bert-output-attentions": (lambda: tiny_bert("eager", output_attentions=True), IDS),
+    "deberta-v2": (tiny_deberta, IDS),  # legacy: output_attentions forced by pre-hooks
+    "gpt2": (tiny_gpt2, IDS),
+    "vit-sdpa": (tiny_vit, PIXELS),
+    "torch-encoder": (lambda: TorchEncoder().eval(), IDS),  # fast path disabled, MHA args rewritten
+}
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
-def model(request):
-    built = MODELS[request.param]()
+def model_and_inputs(request):
+    build, inputs = MODELS[request.param]
+    built = build()
     # transformers installs its own output-recording hooks on the first forward pass with
     # output_attentions=True, once; they belong to the model, so snapshots start after that.
     with torch.no_grad():
-        built(IDS)
-    return built
+        built(inputs)
+    return built, inputs
+
+
+@pytest.fixture(scope="module")
+def model(model_and_inputs):
+    return model_and_inputs[0]
+
+
+def _global_forward_hook(_model):
+    return nn.modules.module.register_module_forward_hook(lambda *a: None)
 
 
 @pytest.mark.parametrize("change", [
     lambda m: m.set_attn_implementation("eager"),
     lambda m: m.encoder.layer[1].attention.self.register_forward_hook(lambda *a: None),
     lambda m: m.encoder.layer[0].register_forward_pre_hook(lambda *a: None),
+    lambda m: m.encoder.layer[0].register_forward_pre_hook(lambda m, a, k: None, with_kwargs=True),
+    lambda m: m.encoder.layer[0].register_forward_hook(lambda *a: None, always_call=True),
+    lambda m: m.pooler.register_full_backward_hook(lambda *a: None),
+    lambda m: m.pooler.register_full_backward_pre_hook(lambda *a: None),
+    _global_forward_hook,
+    lambda m: setattr(m.encoder.layer[0], "forward", m.encoder.layer[0].forward),
     lambda m: m.embeddings.word_embeddings.weight.data[3, 4].add_(1e-7),
+    lambda m: setattr(m.pooler.dense, "bias", nn.Parameter(m.pooler.dense.bias.detach().clone())),
+    lambda m: setattr(m.pooler.dense.bias, "grad", torch.zeros_like(m.pooler.dense.bias)),
     lambda m: m.pooler.train(),
     lambda m: m.pooler.dense.bias.requires_grad_(False),
+    lambda m: setattr(m.encoder, "gradient_checkpointing", True),
     lambda m: setattr(m.config, "output_hidden_states", True),
-], ids=["attn-implementation", "forward-hook", "pre-hook", "one-weight", "train-mode", "requires-grad",
-        "config-flag"])
+], ids=["attn-implementation", "forward-hook", "pre-hook", "pre-hook-with-kwargs", "always-called-hook",
+        "backward-hook", "backward-pre-hook", "global-hook", "instance-forward", "one-weight",
+        "replaced-parameter", "grad", "train-mode", "requires-grad", "module-flag", "config-flag"])
 def test_snapshot_detects_every_kind_of_change(change):
     # The restoration tests are only as good as the snapshot; make sure it can fail.
     model = tiny_bert("sdpa")
     before = snapshot(model)
-    change(model)
-    with pytest.raises(AssertionError, match="changed"):
-        assert_unchanged(model, before)
+    handle = change(model)
+    try:
+        with pytest.raises(AssertionError, match="changed"):
+            assert_unchanged(model, before)
+    finally:
+        if hasattr(handle, "remove"):
+            handle.remove()
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_successful_call_leaves_model_as_found(model, method):
+def test_successful_call_leaves_model_as_found(model_and_inputs, method):
+    model, inputs = model_and_inputs
     before = snapshot(model)
-    scores = method(model).attribute(IDS)
+    scores = method(model).attribute(inputs)
     assert torch.isfinite(scores).all()
     assert_unchanged(model, before)
 
@@ -169,14 +240,48 @@ def test_frozen_parameters_training_mode_and_grad_mode_are_kept():
     assert model.training and not model.encoder.layer[0].attention.self.query.weight.requires_grad
 
 
-def test_forward_func_raising_after_the_model_ran(model):
-    def forward_then_fail(ids):
-        model(ids)
+class InjectedFailure(Exception):
+    """Stands for anything going wrong while the model runs."""
+
+
+@pytest.mark.parametrize("error", [InjectedFailure, KeyboardInterrupt], ids=["exception", "keyboard-interrupt"])
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_failure_inside_the_forward_pass(model_and_inputs, method, error):
+    # Raised from the library's own recording hook on the second attention layer: eager
+    # attention, recording hooks, forced-argument pre-hooks and the fast-path switch are all
+    # in place at that moment, and must all be undone.
+    model, inputs = model_and_inputs
+    expected = method(model).attribute(inputs)
+    before = snapshot(model)
+    explainer = method(model)
+    read_weights = explainer.adapter.weights_from_output
+    during = []
+
+    def fail_on_second_layer(module, output):
+        if len(during) == 1:
+            during.append(snapshot(model))
+            raise error("injected")
+        during.append(None)
+        return read_weights(module, output)
+
+    explainer.adapter.weights_from_output = fail_on_second_layer  # the adapter's state, not the model's
+    with pytest.raises(error, match="injected"):
+        explainer.attribute(inputs)
+    assert len(during) == 2 and during[1]["modules"] != before["modules"]  # hooks were in place
+    assert_unchanged(model, before)
+    assert torch.equal(method(model).attribute(inputs), expected)  # and it works as before
+
+
+def test_forward_func_raising_after_the_model_ran(model_and_inputs):
+    model, inputs = model_and_inputs
+
+    def forward_then_fail(x):
+        model(x)
         raise KeyError("wrapper failed after the forward pass")
 
     before = snapshot(model)
     with pytest.raises(KeyError, match="wrapper failed"):
-        AttentionRollout(forward_then_fail, model=model).attribute(IDS)
+        AttentionRollout(forward_then_fail, model=model).attribute(inputs)
     assert_unchanged(model, before)
 
 

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from captum_attnflow.functional import attention_flow, attention_rollout
 
-BOUNDED = settings(max_examples=30, deadline=None, derandomize=True)
+BOUNDED = settings(max_examples=50, deadline=None, derandomize=True)
 ATOL = 1e-6
 
 

@@ -5,10 +5,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from torch import nn
 
 from captum_attnflow import AttentionFlow, AttentionRollout, AttnFlowError, RawAttention
-from test_model_restored import assert_unchanged, snapshot, tiny_bert
+from test_model_restored import PaddedEncoder, assert_unchanged, snapshot, tiny_bert
 
 WORKERS = 4
 
@@ -53,20 +52,6 @@ def test_concurrent_results_equal_serial_results(method, shared_explainer):
     assert_unchanged(model, before)
 
 
-class PaddedEncoder(nn.Module):
-    """The torch MHA adapter records the padding mask during the forward pass."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = nn.Embedding(50, 16)
-        layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True, dropout=0.0)
-        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
-
-    def forward(self, ids, attention_mask):
-        return self.encoder(self.embed(ids), src_key_padding_mask=attention_mask == 0).sum(-1)
-
-
 def test_shared_explainer_keeps_each_calls_padding_mask():
     # Each call's mask is adapter state; it must not leak into a concurrent call.
     model = PaddedEncoder().eval()
@@ -104,4 +89,33 @@ def test_failing_calls_among_concurrent_ones_leave_the_model_restored():
             assert not isinstance(future.exception(), AttnFlowError) and future.exception() is not None
         else:
             assert isinstance(future.exception(), AttnFlowError)
+    assert_unchanged(model, before)
+
+
+def test_captures_of_the_same_model_never_overlap():
+    # Serialisation itself, not only its effect: a forward function that notices company.
+    import threading
+    import time
+
+    model = tiny_bert()
+    before = snapshot(model)
+    inside, overlaps, lock = [0], [], threading.Lock()
+
+    def forward(ids, attention_mask):
+        with lock:
+            inside[0] += 1
+            overlaps.append(inside[0])
+        time.sleep(0.002)  # widen the window in which another capture could start
+        try:
+            return model(ids, attention_mask=attention_mask)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    explainers = {method: method(forward, model=model) for method in (AttentionRollout, AttentionFlow, RawAttention)}
+    requests = _requests(num_requests=8)
+    jobs = [(method, request) for method in explainers for request in requests]
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(lambda job: explainers[job[0]].attribute(job[1][0], additional_forward_args=(job[1][1],)), jobs))
+    assert len(overlaps) == len(jobs) and max(overlaps) == 1
     assert_unchanged(model, before)

@@ -1,22 +1,12 @@
 """Inputs of hand-built sequence models: token ids ``(B, S)`` or embeddings ``(B, S, D)`` /
 ``(S, B, D)``, shared by the PyTorch and custom adapters."""
 
-from typing import Any
-
 import torch
 
-from captum_attnflow.exceptions import AttentionCaptureError, InvalidInputError, InvalidInputTypeError
+from captum_attnflow._validation import check_sequence_inputs
+from captum_attnflow.exceptions import AttentionCaptureError
 
-
-def check_sequence_inputs(inputs: Any) -> torch.Tensor:
-    """``inputs`` must be a tensor of token ids ``(B, S)`` or embeddings ``(B, S, D)``/``(S, B, D)``."""
-    if not isinstance(inputs, torch.Tensor):
-        raise InvalidInputTypeError(
-            f"inputs must be a torch.Tensor (token ids (B, S) or embeddings), got {type(inputs).__name__}.")
-    if inputs.ndim not in (2, 3):
-        raise InvalidInputError(
-            f"inputs must be token ids (B, S) or embeddings (B, S, D) / (S, B, D), got {tuple(inputs.shape)}.")
-    return inputs
+__all__ = ["check_sequence_inputs", "scores_to_sequence_inputs"]
 
 
 def scores_to_sequence_inputs(scores: torch.Tensor, inputs: torch.Tensor, *, batch_first: bool = True,

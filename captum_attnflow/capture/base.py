@@ -23,11 +23,9 @@ from typing import Any, Callable, ContextManager, List, Optional, Sequence, Tupl
 import torch
 from torch import nn
 
-from captum_attnflow._validation import check_head_fusion
+from captum_attnflow._validation import check_head_fusion, check_token_ids
 from captum_attnflow.exceptions import (
     AttentionCaptureError,
-    InvalidInputError,
-    InvalidInputTypeError,
     InvalidParameterError,
     UnsupportedModelError,
 )
@@ -222,23 +220,6 @@ def mask_from_forward_args(model: nn.Module, additional_forward_args: Tuple, *,
         if isinstance(first, torch.Tensor) and first.ndim == 2 and not first.is_floating_point():
             return first
     return None
-
-
-def check_token_ids(inputs: Any) -> torch.Tensor:
-    """``inputs`` must be integer token ids of shape ``(B, S)``."""
-    if not isinstance(inputs, torch.Tensor):
-        raise InvalidInputTypeError(
-            f"inputs must be a torch.Tensor, got {type(inputs).__name__}; pass token ids (B, S) "
-            "and the attention mask in additional_forward_args=(attention_mask,).")
-    if inputs.is_floating_point() or inputs.is_complex() or inputs.dtype == torch.bool:
-        raise InvalidInputTypeError(
-            f"inputs must be integer token ids, got dtype {inputs.dtype}; this model's adapter "
-            "expects input_ids of shape (B, S).")
-    if inputs.ndim != 2:
-        raise InvalidInputError(
-            f"inputs (token ids) must have shape (B, S), got {tuple(inputs.shape)}; add a batch "
-            "dimension with inputs[None] for a single sequence.")
-    return inputs
 
 
 def _format_forward_args(additional_forward_args) -> Tuple:

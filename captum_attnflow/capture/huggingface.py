@@ -71,6 +71,17 @@ def _all_configs(model: nn.Module) -> List[Any]:
     return list(seen.values())
 
 
+def _switch_to_eager(pretrained: nn.Module) -> None:
+    try:
+        pretrained.set_attn_implementation("eager")
+    except (ValueError, ImportError, NotImplementedError, AttributeError) as error:
+        raise AttentionCaptureError(
+            f"{type(pretrained).__name__} uses attn_implementation="
+            f"{pretrained.config._attn_implementation!r}, whose fused kernel returns no attention weights, "
+            f"and it cannot be switched to eager attention ({error}). Load the model with "
+            "attn_implementation='eager', or pass attention_fn=... returning the weights.") from error
+
+
 @contextlib.contextmanager
 def eager_attention(model: nn.Module):
     """Switch every PreTrainedModel inside ``model`` to eager attention; restore exactly after."""
@@ -79,7 +90,7 @@ def eager_attention(model: nn.Module):
     try:
         for pretrained in _pretrained_models(model):
             if pretrained.config._attn_implementation != "eager":
-                pretrained.set_attn_implementation("eager")
+                _switch_to_eager(pretrained)
         yield
     finally:
         for config, value in saved:

@@ -25,6 +25,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 from torch import nn
 
+from captum_attnflow._validation import check_key_padding_mask
 from captum_attnflow.capture._sequence import check_sequence_inputs, scores_to_sequence_inputs
 from captum_attnflow.capture.base import AttentionAdapter, register_adapter
 
@@ -101,6 +102,11 @@ class TorchMultiheadAttentionAdapter(AttentionAdapter):
 
         def force_and_record_mask(module, args, kwargs):
             key_padding_mask = _argument("key_padding_mask", args, kwargs)
+            key = _argument("key", args, kwargs)
+            if isinstance(key_padding_mask, torch.Tensor) and isinstance(key, torch.Tensor) and key.ndim == 3:
+                # Our exception instead of torch's assertion deep inside the model.
+                batch_axis, seq_axis = (0, 1) if module.batch_first else (1, 0)
+                check_key_padding_mask(key_padding_mask, key.shape[batch_axis], key.shape[seq_axis])
             if self._padding_mask is None and isinstance(key_padding_mask, torch.Tensor):
                 self._padding_mask = key_padding_mask.detach()
             return _force_weights(args, kwargs)

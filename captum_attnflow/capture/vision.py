@@ -16,14 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from captum_attnflow._validation import check_pixel_values
 from captum_attnflow.capture.base import AttentionAdapter, register_adapter
 from captum_attnflow.capture.huggingface import HuggingFaceAdapter, _pretrained_models
-from captum_attnflow.exceptions import (
-    AttentionCaptureError,
-    InvalidInputError,
-    InvalidInputTypeError,
-    InvalidParameterError,
-)
+from captum_attnflow.exceptions import AttentionCaptureError, InvalidParameterError
 
 #: Upsampling modes for the pixel map (``torch.nn.functional.interpolate`` names).
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
@@ -33,19 +29,6 @@ def _pair(value) -> Tuple[int, int]:
     if isinstance(value, (tuple, list)):
         return int(value[0]), int(value[1])
     return int(value), int(value)
-
-
-def check_pixel_values(inputs: Any) -> torch.Tensor:
-    """``inputs`` must be floating-point pixel values of shape ``(B, C, H, W)``."""
-    if not isinstance(inputs, torch.Tensor):
-        raise InvalidInputTypeError(
-            f"inputs must be a torch.Tensor of pixel values (B, C, H, W), got {type(inputs).__name__}.")
-    if not inputs.is_floating_point():
-        raise InvalidInputTypeError(
-            f"inputs of a vision model must be float pixel values, got dtype {inputs.dtype}.")
-    if inputs.ndim != 4:
-        raise InvalidInputError(f"pixel values must have shape (B, C, H, W), got {tuple(inputs.shape)}.")
-    return inputs
 
 
 def patch_scores_to_pixels(scores: torch.Tensor, inputs: torch.Tensor, patch_size: Tuple[int, int], *,
