@@ -321,8 +321,6 @@ def check_token_index(token_index, modes: Sequence[str]) -> None:
 
 FLOW_TIME_BUDGET_S = 60.0
 FLOW_MEMORY_BUDGET_BYTES = 2 * 1024 ** 3
-_SECONDS_PER_UNIT = 2e-6
-_BYTES_PER_EDGE = 1024
 
 
 @dataclass(frozen=True)
@@ -337,35 +335,20 @@ class FlowCost:
 
 def estimate_flow_cost(num_layers: Union[int, Sequence[int]], seq_len: int, batch_size: int,
                        num_sources: int, *, backend: str = "auto", repeats: int = 1) -> FlowCost:
-    """Estimate the time and memory of exact attention flow.
+    """Estimate the time and memory of exact attention flow (the engine's own cost model).
 
     Args:
         num_layers: graph depth ``l`` (the explained layer + 1), or one depth per explained
             layer (``return_all_layers``).
         seq_len: ``S``; ``batch_size``: ``B``; ``num_sources``: explained tokens per example.
-        backend: the max-flow engine; the flow engine's own ``estimate_flow_cost`` is used
-            when it provides one.
+        backend: the max-flow engine.
         repeats: multiplier for extra solves (2 with ``causal_normalization``).
     """
+    from captum_attnflow.functional import _maxflow  # lazy: _maxflow imports this module
+
     depths = [int(num_layers)] if isinstance(num_layers, Integral) else [int(d) for d in num_layers]
-    engine_estimate = _engine_estimate(depths, seq_len, batch_size, num_sources, backend, repeats)
-    if engine_estimate is not None:
-        return engine_estimate
-    problems_per_depth = batch_size * num_sources * seq_len * repeats
-    units = sum(problems_per_depth * depth * depth * seq_len * seq_len for depth in depths)
-    largest_graph = max(depths) * seq_len * seq_len
-    return FlowCost(num_problems=problems_per_depth * len(depths), num_edges=largest_graph,
-                    seconds=units * _SECONDS_PER_UNIT, memory_bytes=largest_graph * _BYTES_PER_EDGE)
-
-
-def _engine_estimate(depths, seq_len, batch_size, num_sources, backend, repeats) -> Optional[FlowCost]:
-    """Defer to ``functional._maxflow.estimate_flow_cost`` when the flow engine provides it."""
-    from captum_attnflow.functional import _maxflow  # lazy: _maxflow may import this module
-
-    engine = getattr(_maxflow, "estimate_flow_cost", None)
-    if engine is None:
-        return None
-    return engine(depths, seq_len, batch_size, num_sources, backend=backend, repeats=repeats)
+    return _maxflow.estimate_flow_cost(depths, seq_len, batch_size, num_sources, backend=backend,
+                                       repeats=repeats)
 
 
 def check_flow_budget(cost: FlowCost, allow_large: bool) -> FlowCost:

@@ -59,11 +59,12 @@ def resolve_backend(backend: str) -> str:
 
 # ---------------------------------------------------------------------------- cost model
 
-# Seconds per "edge visit" (one problem on an l·S² graph costs about that many visits per
-# Dinic phase, with a handful of phases). Measured on a 2-core 2.x GHz CPU and rounded up,
-# so the budget check errs on the side of letting a job run.
-_SECONDS_PER_EDGE_VISIT = {"numba": 2e-9, "networkx": 2e-6}
-_PHASES = 8
+# Seconds per "edge visit" on one core: a problem on an l·S² graph visits about that many
+# edges per Dinic phase, and attention graphs need one or two phases. Calibrated on this
+# project's 2-core 2.x GHz CI machine (docs/benchmarks.md) and rounded up, so estimates err
+# on the slow side.
+_SECONDS_PER_EDGE_VISIT = {"numba": 2e-9, "networkx": 8e-6}
+_PHASES = 2
 
 
 def estimate_flow_cost(num_layers: Union[int, Sequence[int]], seq_len: int, batch_size: int,
@@ -85,12 +86,13 @@ def estimate_flow_cost(num_layers: Union[int, Sequence[int]], seq_len: int, batc
     depths = [int(num_layers)] if isinstance(num_layers, (int, np.integer)) else [int(d) for d in num_layers]
     problems_per_depth = batch_size * num_sources * seq_len * repeats
     visits = sum(problems_per_depth * _PHASES * depth * seq_len * seq_len for depth in depths)
+    cores = _worker_count() if engine == "numba" else 1  # networkx runs serially
     largest = max(depths) * seq_len * seq_len
     # numba keeps one capacity array per example plus a flow array per concurrent problem.
     per_problem_arrays = 2 if engine == "numba" else 40  # networkx: ~40 bytes/edge of dicts
     memory = largest * 8 * (batch_size + per_problem_arrays * _worker_count())
     return FlowCost(num_problems=problems_per_depth * len(depths), num_edges=largest,
-                    seconds=visits * _SECONDS_PER_EDGE_VISIT[engine], memory_bytes=int(memory))
+                    seconds=visits * _SECONDS_PER_EDGE_VISIT[engine] / cores, memory_bytes=int(memory))
 
 
 def _worker_count() -> int:
