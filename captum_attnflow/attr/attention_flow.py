@@ -1,6 +1,6 @@
 """Attention flow as a Captum attribution."""
 
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import torch
