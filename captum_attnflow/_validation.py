@@ -376,6 +376,12 @@ def check_method_options(options: dict) -> None:
     for name in ("normalize", "allow_large", "causal_normalization", "return_all_layers", "return_patch_grid"):
         if name in options:
             check_flag(name, options[name])
+    executor = options.get("executor")
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise InvalidParameterError(
+            f"executor must be a concurrent.futures.Executor (anything with .submit), got "
+            f"{type(executor).__name__}; e.g. captum_attnflow.parallel.local_process_pool() or a Dask "
+            "Client(...).get_executor().")
     if "backend" in options:
         from captum_attnflow.functional import _maxflow  # lazy: _maxflow may import this module
 

@@ -161,7 +161,7 @@ def test_reference_copy_correlates_perfectly_once_cls_is_excluded(toy_data):
 
     def blank_with_loud_cls(ids, target=None, additional_forward_args=None):
         scores = blank.attribute(ids, target=target, additional_forward_args=additional_forward_args)
-        scores[:, 0] = -1.0  # disagrees with the reference only on [CLS]
+        scores[:, 0] = 10.0  # [CLS] ranked first, while blanking it changes nothing (|Δp| = 0)
         return scores
 
     methods = {"blank": blank, "copy": blank_with_loud_cls}
@@ -187,7 +187,8 @@ def test_harness_aopc_equals_direct_computation_across_batches(toy_data):
     direct = aopc_scores(linear_probs, ids, scores, targets, (mask,), baseline_token_id=UNK,
                          output_type="probs", eligible=eligible)
     for metric in ("comprehensiveness", "sufficiency"):
-        np.testing.assert_allclose(result.per_example[(metric, None, "fixed", None)], direct[metric])
+        # float32 model outputs: batches of 2 vs 5 round differently in the last bits
+        np.testing.assert_allclose(result.per_example[(metric, None, "fixed", None)], direct[metric], atol=1e-6)
     # Example 0: ranking 4, 5, 6 (w .1, .2, .3), n = 3, k = 1,1,1,1,2 → (4·.1 + .3)/5 = .14
     assert result.per_example[("comprehensiveness", None, "fixed", None)][0] == pytest.approx(0.14)
 

@@ -1,6 +1,7 @@
 """Attention flow as a Captum attribution."""
 
-from typing import List
+from concurrent.futures import Executor
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -44,7 +45,8 @@ class AttentionFlow(AttentionAttributionBase):
                   token_index: TokenIndex = 0, layer: int = -1, return_all_layers: bool = False,
                   head_fusion: str = "mean", residual_weight: float = 0.5, discard_ratio: float = 0.0,
                   normalize: bool = True, backend: str = "auto", allow_large: bool = False,
-                  causal_normalization: bool = False, return_patch_grid: bool = False) -> torch.Tensor:
+                  causal_normalization: bool = False, return_patch_grid: bool = False,
+                  executor: Optional[Executor] = None) -> torch.Tensor:
         r"""
         Args:
             inputs (Tensor): token ids ``(B, S)``, pixel values ``(B, C, H, W)`` for vision
@@ -67,6 +69,10 @@ class AttentionFlow(AttentionAttributionBase):
                 explained token sends it under uniform causal attention (its receptive field) and
                 rescale to the original sum; see :mod:`captum_attnflow.functional.causal`.
             return_patch_grid (bool): vision models only: the ``(B, grid_h, grid_w)`` patch scores.
+            executor (concurrent.futures.Executor, optional): solve the max-flow problems there
+                (a process pool, a Dask ``Client.get_executor()``, a Ray pool ...); the model runs
+                here and only the fused ``(l, S, S)`` graphs travel. See
+                :func:`captum_attnflow.parallel.flow_map`.
 
         Returns:
             Tensor shaped like ``inputs`` (``(L, *inputs.shape)`` with ``return_all_layers``);
@@ -75,12 +81,13 @@ class AttentionFlow(AttentionAttributionBase):
         return self._attribute(inputs, additional_forward_args, token_index, layer, return_all_layers,
                                head_fusion, return_patch_grid=return_patch_grid, residual_weight=residual_weight,
                                discard_ratio=discard_ratio, normalize=normalize, backend=backend,
-                               allow_large=allow_large, causal_normalization=causal_normalization)
+                               allow_large=allow_large, causal_normalization=causal_normalization,
+                               executor=executor)
 
     def _layer_scores(self, captured: CapturedAttention, valid: torch.Tensor, positions: List[List[int]],
                       layers: List[int], *, residual_weight: float, discard_ratio: float,
                       normalize: bool, backend: str, allow_large: bool,
-                      causal_normalization: bool) -> torch.Tensor:
+                      causal_normalization: bool, executor: Optional[Executor] = None) -> torch.Tensor:
         _maxflow.check_backend(backend)
         # One solve per explained token of every example; the causal baseline doubles it.
         cost = estimate_flow_cost([layer + 1 for layer in layers], captured.attentions.shape[-1], 1,
@@ -102,10 +109,12 @@ class AttentionFlow(AttentionAttributionBase):
         for out_row, layer in enumerate(layers):
             # Every example's problems go to the engine in one call (parallel over cores).
             flows = batched_flow_from_transitions(graphs[: layer + 1].transpose(1, 0, 2, 3), positions,
-                                                  valid=valid_np, normalize=normalize, backend=backend)
+                                                  valid=valid_np, normalize=normalize, backend=backend,
+                                                  executor=executor)
             if uniform is not None:
                 baselines = batched_flow_from_transitions(uniform[: layer + 1].transpose(1, 0, 2, 3), positions,
-                                                          valid=valid_np, normalize=normalize, backend=backend)
+                                                          valid=valid_np, normalize=normalize, backend=backend,
+                                                          executor=executor)
                 flows = [normalize_by_receptive_field(torch.from_numpy(f), torch.from_numpy(u)).numpy()
                          for f, u in zip(flows, baselines)]
             scores[out_row] = np.stack([f.mean(axis=0) for f in flows])

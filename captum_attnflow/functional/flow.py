@@ -1,5 +1,6 @@
 """Attention flow (Abnar & Zuidema, 2020, Sec. 4): max-flow in the layered attention graph."""
 
+from concurrent.futures import Executor
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
@@ -47,7 +48,8 @@ def flow_from_transitions(transitions: np.ndarray, sources: Sequence[int], *,
 
 def batched_flow_from_transitions(transitions: np.ndarray, sources: Sequence[Sequence[int]], *,
                                   valid: Optional[np.ndarray] = None, normalize: bool = True,
-                                  backend: str = "auto") -> List[np.ndarray]:
+                                  backend: str = "auto", executor: Optional[Executor] = None,
+                                  chunk_size: Optional[int] = None) -> List[np.ndarray]:
     """:func:`flow_from_transitions` for a batch, solved in one call to the engine.
 
     Args:
@@ -55,10 +57,17 @@ def batched_flow_from_transitions(transitions: np.ndarray, sources: Sequence[Seq
         sources: for each example, its explained positions (lists may differ in length).
         valid: optional ``(B, S)`` bool array of real tokens; padded inputs get 0.
         normalize, backend: as in :func:`flow_from_transitions`.
+        executor: optional :class:`concurrent.futures.Executor` (a process pool, a Dask
+            ``Client.get_executor()``, ...): chunks of examples are solved there, only their
+            small ``(l, S, S)`` arrays travel. Without it the engine's own threads use the
+            local cores.
+        chunk_size: examples per submitted task (default: the batch split in 8).
 
     Returns:
         A list of B arrays, ``(len(sources[b]), S)`` each.
     """
+    if executor is not None:
+        return _flows_on_executor(transitions, sources, valid, normalize, backend, executor, chunk_size)
     examples = np.concatenate([np.full(len(p), b, dtype=np.int64) for b, p in enumerate(sources)])
     positions = np.concatenate([np.asarray(p, dtype=np.int64) for p in sources])
     flows = _maxflow.max_flows_for_tasks(transitions, examples, positions, valid=valid, backend=backend)
@@ -68,6 +77,19 @@ def batched_flow_from_transitions(transitions: np.ndarray, sources: Sequence[Seq
         totals = flows.sum(axis=1, keepdims=True)
         flows = np.divide(flows, totals, out=np.zeros_like(flows), where=totals > 0)
     return np.split(flows, np.cumsum([len(p) for p in sources])[:-1])
+
+
+def _flows_on_executor(transitions, sources, valid, normalize, backend, executor, chunk_size):
+    batch_size = len(sources)
+    chunk_size = chunk_size or max(1, -(-batch_size // 8))
+    futures = []
+    for start in range(0, batch_size, chunk_size):
+        stop = min(start + chunk_size, batch_size)
+        futures.append(executor.submit(
+            batched_flow_from_transitions, np.ascontiguousarray(transitions[start:stop]), sources[start:stop],
+            valid=None if valid is None else np.asarray(valid)[start:stop], normalize=normalize,
+            backend=backend))
+    return [flows for future in futures for flows in future.result()]
 
 
 def attention_flow(attentions, *, output_positions: Union[int, Sequence[int]] = 0, layer: int = -1,
