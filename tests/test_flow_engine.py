@@ -1,6 +1,5 @@
 """The compiled max-flow engine against independent networkx max-flows on hard graphs."""
 
-import networkx as nx
 import numpy as np
 import pytest
 import torch
@@ -9,24 +8,9 @@ from captum_attnflow.capture import eager_attention
 from captum_attnflow.functional import _maxflow
 from captum_attnflow.functional.flow import batched_flow_from_transitions, flow_from_transitions
 from captum_attnflow.functional.fusion import transition_matrices
+from references import networkx_flow
 
 pytestmark = pytest.mark.skipif("numba" not in _maxflow.FLOW_BACKENDS, reason="numba not installed")
-
-
-def reference_flows(capacities: np.ndarray, source: int) -> np.ndarray:
-    """Built from scratch, solved with networkx's default (preflow-push), not Edmonds–Karp."""
-    num_layers, seq_len, _ = capacities.shape
-    graph = nx.DiGraph()
-    for layer in range(1, num_layers + 1):
-        for i in range(seq_len):
-            for k in range(seq_len):
-                if capacities[layer - 1, i, k] > 0:
-                    graph.add_edge((layer, i), (layer - 1, k), capacity=capacities[layer - 1, i, k])
-    values = np.zeros(seq_len)
-    for j in range(seq_len):
-        if (num_layers, source) in graph and (0, j) in graph:
-            values[j] = nx.maximum_flow_value(graph, (num_layers, source), (0, j))
-    return values
 
 
 def sparse_capacities(rng, num_layers, seq_len, density):
@@ -45,7 +29,7 @@ def test_sparse_random_graphs_match_networkx(seed):
     capacities = sparse_capacities(rng, num_layers, seq_len, density=0.3)
     source = int(rng.integers(seq_len))
     flows = _maxflow.max_flow_to_inputs(capacities, [source], backend="numba")[0]
-    np.testing.assert_allclose(flows, reference_flows(capacities, source), atol=1e-9)
+    np.testing.assert_allclose(flows, networkx_flow(capacities, source), atol=1e-9)
 
 
 def test_flow_that_must_be_rerouted_is_found():
@@ -57,7 +41,7 @@ def test_flow_that_must_be_rerouted_is_found():
     capacities[2] = [[0.5, 0.5], [0.5, 0.5]]
     capacities[1] = [[0.5, 0.5], [1.0, 0.0]]
     capacities[0] = [[0.5, 0.5], [0.5, 0.5]]
-    np.testing.assert_allclose(reference_flows(capacities, 0), [1.0, 1.0])
+    np.testing.assert_allclose(networkx_flow(capacities, 0), [1.0, 1.0])
     np.testing.assert_allclose(_maxflow.max_flow_to_inputs(capacities, [0], backend="numba")[0], [1.0, 1.0],
                                atol=1e-12)
 
@@ -69,7 +53,7 @@ def test_softmax_attention_graphs_match_networkx(temperature):
     capacities = transition_matrices(torch.softmax(logits, -1))[:, 0].numpy()
     for source in (0, 4, 8):
         np.testing.assert_allclose(_maxflow.max_flow_to_inputs(capacities, [source], backend="numba")[0],
-                                   reference_flows(capacities, source), atol=1e-9)
+                                   networkx_flow(capacities, source), atol=1e-9)
 
 
 def test_numba_equals_authors_edmonds_karp_on_real_attention(minilm, minilm_tokenizer):

@@ -1,11 +1,11 @@
 """Attention flow: exact max-flow values, the paper's normalisation, layer-1 == rollout."""
 
-import networkx as nx
 import numpy as np
 import pytest
 import torch
 
 from captum_attnflow.functional import attention_flow, attention_rollout, transition_matrices
+from references import networkx_flow
 
 
 def random_attentions(num_layers, batch_size, heads, seq_len, seed=0):
@@ -13,18 +13,6 @@ def random_attentions(num_layers, batch_size, heads, seq_len, seed=0):
     logits = torch.randn(num_layers, batch_size, heads, seq_len, seq_len, generator=generator,
                          dtype=torch.float64) * 2
     return torch.softmax(logits, dim=-1)
-
-
-def networkx_flow(a_hat: np.ndarray, position: int) -> np.ndarray:
-    """Independent reference: the graph built from scratch, one max-flow per input."""
-    num_layers, seq_len, _ = a_hat.shape
-    graph = nx.DiGraph()
-    for layer in range(1, num_layers + 1):
-        for i in range(seq_len):
-            for k in range(seq_len):
-                graph.add_edge(("n", layer, i), ("n", layer - 1, k), capacity=a_hat[layer - 1, i, k])
-    source = ("n", num_layers, position)
-    return np.array([nx.maximum_flow_value(graph, source, ("n", 0, j)) for j in range(seq_len)])
 
 
 @pytest.mark.parametrize("num_layers,seq_len,position", [(1, 4, 0), (2, 5, 3), (4, 6, 1), (3, 7, 6)])
