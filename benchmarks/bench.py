@@ -14,7 +14,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -108,12 +107,13 @@ def attribute_vs_forward(model, tokenizer, method_cls, batch_size: int, seq_len:
     def attribute():
         explainer.attribute(ids, additional_forward_args=(mask,))
 
-    # Interleave the two so slow drifts of the machine hit both alike.
+    # Alternate short blocks of each so slow drifts of the machine hit both alike; within a
+    # block, calls after the first reuse the memory the previous call freed, as in a loop.
     forward_times, attribute_times = [], []
     forward(), attribute()
-    for _ in range(repeats):
-        forward_times.append(median_seconds(forward, 1, warmup=0))
-        attribute_times.append(median_seconds(attribute, 1, warmup=0))
+    for _ in range(max(1, repeats // 3)):
+        forward_times += [median_seconds(forward, 1, warmup=0) for _ in range(3)]
+        attribute_times += [median_seconds(attribute, 1, warmup=0) for _ in range(3)]
     forward_s, attribute_s = statistics.median(forward_times), statistics.median(attribute_times)
     return dict(batch_size=batch_size, seq_len=seq_len, forward_s=forward_s, attribute_s=attribute_s,
                 ratio=attribute_s / forward_s)
@@ -127,10 +127,10 @@ def memory_probe(mode: str, batch_size: int, seq_len: int) -> Dict:
     """
     model, tokenizer = load_minilm()
     model.set_attn_implementation("eager")
+    with torch.no_grad():  # kernels warm, on a tiny input so the peak below is this call's own
+        model(*token_batch(tokenizer, 1, 8))
     ids, mask = token_batch(tokenizer, batch_size, seq_len)
-    with torch.no_grad():
-        model(ids, attention_mask=mask)  # allocator and kernels warm
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = _reset_peak_rss()
     kept = 0
     with torch.no_grad():
         if mode == "plain":
@@ -141,17 +141,35 @@ def memory_probe(mode: str, batch_size: int, seq_len: int) -> Dict:
         else:
             attentions = model(ids, attention_mask=mask, output_attentions=True).attentions
             kept = sum(a.numel() * a.element_size() for a in attentions)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    after = _proc_status_bytes("VmHWM")
     return dict(peak_growth=after - before, kept=kept, layers=model.config.num_hidden_layers,
                 heads=model.config.num_attention_heads)
+
+
+def _proc_status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> int:
+    """Reset the peak resident set (Linux: ``5 > /proc/self/clear_refs``); return the current one.
+
+    ``getrusage``'s ``ru_maxrss`` cannot be used: a child inherits its parent's peak.
+    """
+    Path("/proc/self/clear_refs").write_text("5")
+    return _proc_status_bytes("VmRSS")
 
 
 def capture_memory(batch_size: int, seq_len: int) -> Dict:
     """Target 4: extra memory of capture vs the bound L·B·S² values (each probe in its own process)."""
     results = {}
     for mode in ("plain", "capture", "all_heads"):
+        # Large blocks straight from mmap and back on free, so the resident set tracks live memory.
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
         output = subprocess.run([sys.executable, __file__, "--memory-probe", mode, "--probe-size",
-                                 f"{batch_size}x{seq_len}"], capture_output=True, text=True, check=True)
+                                 f"{batch_size}x{seq_len}"], capture_output=True, text=True, check=True, env=env)
         results[mode] = json.loads(output.stdout.strip().splitlines()[-1])
     layers, heads = results["capture"]["layers"], results["capture"]["heads"]
     bound = layers * batch_size * seq_len * seq_len * 4  # float32 values
@@ -251,7 +269,8 @@ def render(results: Dict, quick: bool) -> str:
         f"{mib(memory['all_heads_kept_bytes'])} (L·B·H·S² with H = {memory['heads']}) and peaks "
         f"{mib(memory['all_heads_extra_peak_bytes'])} over a plain eager forward; our hooks fuse the heads "
         f"as each layer runs and keep {mib(memory['kept_bytes'])}. Peaks are the growth of the process's "
-        "maximum resident set size during one forward, each kind measured in its own fresh process.",
+        "maximum resident set size during one forward, each kind measured in its own fresh process "
+        "(glibc told to return large blocks to the system on free, so the resident set follows live memory).",
         "",
         "## Scaling",
         "",
