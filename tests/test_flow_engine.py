@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from captum_attnflow.capture import eager_attention
+from captum_attnflow.capture import capture_attention
 from captum_attnflow.functional import _maxflow
 from captum_attnflow.functional.flow import batched_flow_from_transitions, flow_from_transitions
 from captum_attnflow.functional.fusion import transition_matrices
@@ -58,8 +58,9 @@ def test_softmax_attention_graphs_match_networkx(temperature):
 
 def test_numba_equals_authors_edmonds_karp_on_real_attention(minilm, minilm_tokenizer):
     encoded = minilm_tokenizer(["The keys to the cabinet are on the table."], return_tensors="pt")
-    with eager_attention(minilm), torch.no_grad():
-        attentions = minilm(**encoded, output_attentions=True).attentions
+    # Our capture, not output_attentions=True: transformers would leave its own recording
+    # hooks on the shared model.
+    attentions = capture_attention(minilm, encoded.input_ids, (encoded.attention_mask,), head_fusion=None).attentions
     capacities = transition_matrices(attentions)[:, 0].double().numpy()
     sources = [0, capacities.shape[-1] - 1]
     fast = _maxflow.max_flow_to_inputs(capacities, sources, backend="numba")
