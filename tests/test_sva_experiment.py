@@ -2,7 +2,6 @@
 
 import csv
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,7 +18,6 @@ from captum_attnflow.experiments.sva.data import (
     parse_line,
     split_examples,
 )
-from captum_attnflow.experiments.sva.evaluate import per_example_spearman
 from captum_attnflow.experiments.sva.model import SvaConfig, SvaTransformer
 from captum_attnflow.experiments.sva.report import CSV_COLUMNS
 from captum_attnflow.experiments.sva.train import TrainSettings, stratified_subset
@@ -130,16 +128,6 @@ def test_inputs_embeds_matches_input_ids(tiny_model):
 
 
 # --------------------------------------------------------------------------- correlation
-
-
-def test_per_example_spearman():
-    scores = np.array([[0.1, 0.2, 0.3, 9.0], [3.0, 2.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
-    reference = np.array([[1.0, 2.0, 3.0, -5.0], [1.0, 2.0, 3.0, 0.0], [1.0, 2.0, 3.0, 0.0]])
-    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 0]], bool)
-    rho = per_example_spearman(scores, reference, mask)
-    assert rho[0] == pytest.approx(1.0) and rho[1] == pytest.approx(-1.0)
-    assert np.isnan(rho[2])  # constant scores: undefined
-    assert np.isnan(per_example_spearman(scores[:1], reference[:1], np.eye(1, 4, dtype=bool))[0])
 
 
 # --------------------------------------------------------------------------- pipeline

@@ -13,9 +13,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from captum.attr import FeatureAblation, LayerIntegratedGradients, Saliency
-from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
+from captum_attnflow.evaluation import per_example_spearman
 from captum_attnflow.experiments.sva.data import Example, Vocabulary, collate
 from captum_attnflow.experiments.sva.model import SvaTransformer
 from captum_attnflow.experiments.sva.train import (
@@ -29,27 +29,6 @@ from captum_attnflow.functional import FLOW_BACKENDS, attention_flow, attention_
 METHODS = ("raw", "rollout", "flow")
 REFERENCES = ("blank_out", "input_gradients", "integrated_gradients")
 IG_STEPS = 32
-
-
-def per_example_spearman(scores: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Spearman correlation per row over the positions where ``mask`` is True.
-
-    Args:
-        scores, reference: ``(B, S)`` arrays of token scores.
-        mask: ``(B, S)`` bool array of the tokens that take part (e.g. real tokens minus
-            ``[CLS]``).
-
-    Returns:
-        ``(B,)`` correlations; NaN where fewer than two tokens take part or either score
-        vector is constant (the rank correlation is undefined there).
-    """
-    scores, reference, mask = np.asarray(scores), np.asarray(reference), np.asarray(mask, bool)
-    result = np.full(scores.shape[0], np.nan)
-    for row in range(scores.shape[0]):
-        x, y = scores[row, mask[row]], reference[row, mask[row]]
-        if x.size >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0:
-            result[row] = spearmanr(x, y)[0]
-    return result
 
 
 class ProbabilityModel(torch.nn.Module):
@@ -123,7 +102,7 @@ def correlate_batch(method_scores: Dict[str, torch.Tensor], references: Dict[str
         for method, values in method_scores.items():
             for layer in range(values.shape[0]):
                 result[(reference, method, layer + 1)] = per_example_spearman(
-                    values[layer].numpy(), ref_values.numpy(), token_mask)
+                    values[layer], ref_values, torch.from_numpy(token_mask))
     return result
 
 
