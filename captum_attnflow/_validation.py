@@ -52,30 +52,26 @@ def check_fraction(name: str, value, *, upper_open: bool = False) -> float:
     return value
 
 
+def _check_index(value, size: int, name: str, expected: str, context: str) -> int:
+    """A Python-style index into ``size`` items (negative counts from the end)."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise InvalidParameterError(f"{name} must be {expected}, got {type(value).__name__}.")
+    if not -size <= value < size:
+        raise InvalidParameterError(
+            f"{name}={value} is out of range for {context}; use an index in [{-size}, {size - 1}].")
+    return int(value) % size
+
+
 def check_layer(layer, num_layers: int, name: str = "layer") -> int:
     """Normalise a Python-style layer index (0 = after the first layer, -1 = last)."""
-    if isinstance(layer, bool) or not isinstance(layer, Integral):
-        raise InvalidParameterError(
-            f"{name} must be an int indexing the {num_layers} layers like a Python list (-1 = last), "
-            f"got {type(layer).__name__}.")
-    if not -num_layers <= layer < num_layers:
-        raise InvalidParameterError(
-            f"{name}={layer} is out of range for a model with {num_layers} layers; "
-            f"use an index in [{-num_layers}, {num_layers - 1}]."
-        )
-    return int(layer) % num_layers
+    return _check_index(layer, num_layers, name,
+                        f"an int indexing the {num_layers} layers like a Python list (-1 = last)",
+                        f"a model with {num_layers} layers")
 
 
 def check_position(position, seq_len: int, name: str) -> int:
-    if isinstance(position, bool) or not isinstance(position, Integral):
-        raise InvalidParameterError(
-            f"{name} must be an int position in [{-seq_len}, {seq_len - 1}], got {type(position).__name__}.")
-    if not -seq_len <= position < seq_len:
-        raise InvalidParameterError(
-            f"{name}={position} is out of range for sequences of length {seq_len}; "
-            f"use an index in [{-seq_len}, {seq_len - 1}]."
-        )
-    return int(position) % seq_len
+    return _check_index(position, seq_len, name, f"an int position in [{-seq_len}, {seq_len - 1}]",
+                        f"sequences of length {seq_len}")
 
 
 def check_positions(positions: Union[int, Sequence[int]], seq_len: int, name: str):
