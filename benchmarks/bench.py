@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from captum_attnflow import AttentionFlow, AttentionRollout  # noqa: E402
 from captum_attnflow.capture import capture_attention  # noqa: E402
-from captum_attnflow.functional import _maxflow, attention_rollout, transition_matrices  # noqa: E402
+from captum_attnflow.functional import attention_rollout, transition_matrices  # noqa: E402
 from captum_attnflow.functional.flow import flow_from_transitions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,7 +142,7 @@ def memory_probe(mode: str, batch_size: int, seq_len: int) -> Dict:
             attentions = model(ids, attention_mask=mask, output_attentions=True).attentions
             kept = sum(a.numel() * a.element_size() for a in attentions)
     after = _proc_status_bytes("VmHWM")
-    return dict(peak_growth=after - before, kept=kept, layers=model.config.num_hidden_layers,
+    return dict(peak_growth=None if before is None else after - before, kept=kept, layers=model.config.num_hidden_layers,
                 heads=model.config.num_attention_heads)
 
 
@@ -153,13 +153,21 @@ def _proc_status_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _reset_peak_rss() -> int:
+def _reset_peak_rss() -> Optional[int]:
     """Reset the peak resident set (Linux: ``5 > /proc/self/clear_refs``); return the current one.
 
-    ``getrusage``'s ``ru_maxrss`` cannot be used: a child inherits its parent's peak.
+    ``getrusage``'s ``ru_maxrss`` cannot be used: a child inherits its parent's peak. Returns
+    None where the reset is not allowed (some containers), and the peak is then not reported.
     """
-    Path("/proc/self/clear_refs").write_text("5")
-    return _proc_status_bytes("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _proc_status_bytes("VmRSS")
+    except (OSError, RuntimeError):
+        return None
+
+
+def _difference(a: Optional[int], b: Optional[int]) -> Optional[int]:
+    return None if a is None or b is None else a - b
 
 
 def capture_memory(batch_size: int, seq_len: int) -> Dict:
@@ -175,9 +183,10 @@ def capture_memory(batch_size: int, seq_len: int) -> Dict:
     bound = layers * batch_size * seq_len * seq_len * 4  # float32 values
     return dict(batch_size=batch_size, seq_len=seq_len, bound_bytes=bound,
                 kept_bytes=results["capture"]["kept"],
-                extra_peak_bytes=results["capture"]["peak_growth"] - results["plain"]["peak_growth"],
+                extra_peak_bytes=_difference(results["capture"]["peak_growth"], results["plain"]["peak_growth"]),
                 all_heads_kept_bytes=results["all_heads"]["kept"],
-                all_heads_extra_peak_bytes=results["all_heads"]["peak_growth"] - results["plain"]["peak_growth"],
+                all_heads_extra_peak_bytes=_difference(results["all_heads"]["peak_growth"],
+                                                       results["plain"]["peak_growth"]),
                 layers=layers, heads=heads)
 
 
@@ -223,12 +232,16 @@ def machine_description(threads: int) -> str:
             f"{datetime.date.today().isoformat()}")
 
 
-def verdict(value: float, limit: float, at_least: bool) -> str:
+def verdict(value: Optional[float], limit: float, at_least: bool) -> str:
+    if value is None:
+        return "not measurable here"
     met = value >= limit if at_least else value <= limit
     return "met" if met else "NOT met"
 
 
-def mib(num_bytes: float) -> str:
+def mib(num_bytes: Optional[float]) -> str:
+    if num_bytes is None:
+        return "n/a (peak RSS cannot be reset on this system)"
     return f"{num_bytes / 2 ** 20:.1f} MiB"
 
 
