@@ -152,6 +152,12 @@ def test_quick_pipeline_end_to_end(tmp_path):
     assert {r["method"] for r in rows} == {"raw", "rollout", "flow"}
     assert {int(r["layer"]) for r in rows} == set(range(1, num_layers + 1))
     assert all(int(r["n"]) > 0 and -1 <= float(r["mean"]) <= 1 for r in rows)
-    # Layer 1 without [CLS]: raw, rollout and flow rank the inputs identically.
+    # Layer-1 flow is layer-1 rollout (normalised), so their correlations agree.
     layer_one = {(r["reference"], r["method"]): float(r["mean"]) for r in rows if r["layer"] == "1"}
-    assert layer_one[("blank_out", "raw")] == pytest.approx(layer_one[("blank_out", "rollout")], abs=1e-3)
+    assert layer_one[("blank_out", "flow")] == pytest.approx(layer_one[("blank_out", "rollout")], abs=1e-9)
+    # Without [CLS], raw attention ranks the inputs like them too; with it, it does not.
+    with open(tmp_path / "sva_correlations_without_cls.csv") as handle:
+        variant = {(r["reference"], r["method"]): float(r["mean"]) for r in csv.DictReader(handle)
+                   if r["layer"] == "1"}
+    assert variant[("blank_out", "raw")] == pytest.approx(variant[("blank_out", "rollout")], abs=1e-9)
+    assert layer_one[("blank_out", "raw")] != pytest.approx(layer_one[("blank_out", "rollout")], abs=1e-3)

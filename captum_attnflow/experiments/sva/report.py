@@ -177,9 +177,15 @@ def render_markdown(summary: dict) -> str:
         "`Saliency`); integrated gradients = Captum `LayerIntegratedGradients` on the token "
         f"embedding layer, {summary.get('ig_steps', 'n/a')} steps from an all-`[UNK]` input (same "
         "`[CLS]` and padding), summed over the hidden dimension, absolute value.",
-        "- **Correlation**: Spearman's ρ per example over its input tokens (`[CLS]` excluded, as "
-        "the paper correlates over input tokens); examples with fewer than two input tokens or a "
-        "constant score vector are left out (hence *n*). Cells show mean ± std over examples.",
+        "- **Correlation**: Spearman's ρ per example over all its real tokens, `[CLS]` included "
+        "(blank-out of `[CLS]` replaces it by `[UNK]`). Why: without `[CLS]`, raw attention, "
+        "rollout and flow rank the inputs identically at layer 1 — rollout's `[CLS]` row is "
+        "0.5·A₁[0, j] for every input j ≠ 0 and one-layer flow is that same edge capacity — so "
+        "the three layer-1 correlations would coincide by construction, while the paper's differ "
+        "(raw .69 vs rollout/flow .32). Only the `[CLS]` position, where the residual adds 0.5, "
+        "separates them. The variant without `[CLS]` is reported below. Examples with fewer than "
+        "two ranked tokens or a constant score vector are left out (hence *n*). Cells show mean "
+        "± std over examples.",
         "",
         "## Model accuracy (held-out test split)",
         "",
@@ -201,16 +207,12 @@ def render_markdown(summary: dict) -> str:
         "",
         "The same numbers are in `sva_correlations.csv` (`reference,method,layer,mean,std,n`).",
         "",
-        "### Variant: `[CLS]` included among the ranked tokens (means only)",
+        "### Variant: `[CLS]` excluded from the ranked tokens (means only)",
         "",
-        "Without `[CLS]`, raw attention, rollout and flow rank the inputs identically at layer 1: "
-        "rollout's `[CLS]` row is 0.5·A₁[0, j] for every input j ≠ 0, and flow through a single "
-        "layer is that same edge capacity, so the three layer-1 correlations coincide by "
-        "construction. The paper's layer-1 values differ (raw .69 vs rollout/flow .32); ranking "
-        "`[CLS]` as well is one setting in which they would differ, so we report that variant for "
-        "comparison (blank-out of `[CLS]` replaces it by `[UNK]`).",
+        "The same scores ranked over the input tokens only (`sva_correlations_without_cls.csv`); "
+        "at layer 1 raw, rollout and flow coincide here by construction (see Setup).",
         "",
-        *_means_table(summary["rows_with_cls"]),
+        *_means_table(summary["rows_without_cls"]),
         "",
         "## How our numbers compare with the paper's",
         "",
@@ -221,7 +223,8 @@ def render_markdown(summary: dict) -> str:
         "test examples contain attractors, and our test set is not the paper's; (2) training "
         "budget — a few CPU epochs, one seed; (3) reference details the paper leaves open or we "
         "chose (gold vs predicted class, probability vs logit, replacement token, gradient norm); "
-        "(4) whether `[CLS]` is among the ranked tokens (see the variant above); (5) a single "
+        "(4) which tokens are ranked: we infer from the paper's layer-1 values that `[CLS]` is "
+        "among them (the variant above shows the other choice); (5) a single "
         "trained model on each side: correlations of this kind vary between training runs.",
         "",
         "## Run time (this machine)",
@@ -246,7 +249,7 @@ def _save_raw(summary: dict, out_dir: Path) -> None:
               for variant in ("without_cls", "with_cls")
               for (ref, meth, layer), values in summary["evaluation"][variant].items()}
     np.savez_compressed(out_dir / "per_example_correlations.npz", **arrays)
-    meta = {key: summary[key] for key in ("rows", "rows_with_cls", "accuracy", "train_log", "split")}
+    meta = {key: summary[key] for key in ("rows", "rows_without_cls", "accuracy", "train_log", "split")}
     meta["settings"] = asdict(summary["settings"])
     meta["timings"] = summary["evaluation"]["timings"]
     meta["eval_time_s"] = summary["evaluation"]["eval_time_s"]
@@ -258,6 +261,7 @@ def write_results(summary: dict, results_dir: Path, out_dir: Path) -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(summary["rows"], results_dir / "sva_correlations.csv")
+    write_csv(summary["rows_without_cls"], results_dir / "sva_correlations_without_cls.csv")
     plot_correlations(summary["rows"], results_dir / "sva_correlations.png")
     (results_dir / "sva.md").write_text(render_markdown(summary))
     _save_raw(summary, out_dir)
