@@ -2,7 +2,6 @@
 and the CSV / Markdown / PNG outputs."""
 
 import csv
-import importlib.util
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,13 +9,15 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
-from captum.attr import FeatureAblation, LayerIntegratedGradients
+from captum.attr import FeatureAblation, InputXGradient, LayerGradientXActivation, LayerIntegratedGradients, Saliency
+from scipy.stats import spearmanr
 from torch import nn
 
 from captum_attnflow.evaluation import (
     COLUMNS,
     AttributionEvaluator,
     BlankOut,
+    EmbeddingAttribution,
     EvaluationResult,
     aopc_scores,
     eligible_tokens,
@@ -82,13 +83,25 @@ def bert_data():
     return ids, mask, torch.tensor([0, 1, 2, 0, 1])
 
 
+class CountingExecutor(ThreadPoolExecutor):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.submitted = 0
+
+    def submit(self, fn, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
 def bert_methods(model):
     from captum_attnflow import AttentionFlow, AttentionRollout, RawAttention
 
     methods = {"blank_out": BlankOut(model, unk_token_id=UNK), "rollout": AttentionRollout(model),
                "flow": AttentionFlow(model), "raw": RawAttention(model),
                "ablation": FeatureAblation(model),
-               "lig": LayerIntegratedGradients(model, model.bert.embeddings)}
+               "lig": LayerIntegratedGradients(model, model.bert.embeddings),
+               "saliency": EmbeddingAttribution(Saliency, model, model.bert.embeddings, token_reduction="norm"),
+               "ixg": EmbeddingAttribution(InputXGradient, model, model.bert.embeddings)}
     kwargs = {"rollout": {"return_all_layers": True}, "flow": {"return_all_layers": True},
               "ablation": {"baselines": UNK}, "lig": {"n_steps": 4, "baselines": PAD}}
     return methods, kwargs
@@ -108,11 +121,11 @@ def test_smoke_tiny_bert_with_captum_and_attention_methods(tiny_bert, bert_data)
     spearman = result.select(metric="spearman")
     assert [(row["method"], row["layer"]) for row in spearman] == [
         ("rollout", 0), ("rollout", 1), ("flow", 0), ("flow", 1), ("raw", None), ("ablation", None),
-        ("lig", None)]
+        ("lig", None), ("saliency", None), ("ixg", None)]
     assert all(row["reference"] == "blank_out" and row["n"] == 5 for row in spearman)
     assert all(-1.0 <= row["mean"] <= 1.0 and row["std"] >= 0 for row in spearman)
     aopc = result.select(metric="comprehensiveness") + result.select(metric="sufficiency")
-    assert len(aopc) == 2 * (1 + 2 + 2 + 1 + 1 + 1)  # blank_out, rollout×2, flow×2, raw, ablation, lig
+    assert len(aopc) == 2 * (1 + 2 + 2 + 1 + 1 + 1 + 2)  # blank_out, rollout×2, flow×2, raw, ablation, lig, grads
     assert all(row["reference"] is None and row["n"] == 5 and math.isfinite(row["mean"]) for row in aopc)
     assert set(COLUMNS) == set(result.rows[0])
 
@@ -121,14 +134,16 @@ def test_tiny_bert_infidelity_and_sensitivity(tiny_bert, bert_data):
     from captum_attnflow import AttentionRollout
 
     ids, mask, targets = bert_data
-    methods = {"rollout": AttentionRollout(tiny_bert), "ablation": FeatureAblation(tiny_bert)}
+    methods = {"rollout": AttentionRollout(tiny_bert), "ablation": FeatureAblation(tiny_bert),
+               "ixg": EmbeddingAttribution(InputXGradient, tiny_bert, tiny_bert.bert.embeddings)}
     result = AttributionEvaluator(
         tiny_bert, methods, method_kwargs={"rollout": {"return_all_layers": True}},
         metrics=("infidelity", "sensitivity"), special_token_ids=(CLS, SEP), baseline_token_id=UNK,
         n_perturb_samples=2, batch_size=5, progress=False).evaluate(ids[:3], mask[:3], targets[:3])
     keys = [(row["metric"], row["method"], row["layer"]) for row in result.rows]
     assert keys == [("infidelity", "rollout", 0), ("infidelity", "rollout", 1), ("sensitivity", "rollout", 1),
-                    ("infidelity", "ablation", None), ("sensitivity", "ablation", None)]
+                    ("infidelity", "ablation", None), ("sensitivity", "ablation", None),
+                    ("infidelity", "ixg", None), ("sensitivity", "ixg", None)]
     assert all(row["n"] == 3 and row["mean"] >= 0 for row in result.rows)
     # Replacing a token changes the attention pattern, so rollout is not perfectly insensitive.
     assert result.select(metric="sensitivity", method="rollout")[0]["mean"] > 0
@@ -141,14 +156,10 @@ def test_executor_is_accepted_for_flow(tiny_bert, bert_data):
     methods = {"blank_out": BlankOut(tiny_bert, UNK), "flow": AttentionFlow(tiny_bert)}
     settings = dict(reference="blank_out", metrics=("spearman",), progress=False)
     serial = evaluate_attributions(tiny_bert, methods, ids[:2], mask[:2], targets[:2], **settings)
-    with ThreadPoolExecutor(max_workers=2) as executor:
-        if importlib.util.find_spec("captum_attnflow.parallel") is None:
-            with pytest.warns(UserWarning, match="parallel"):
-                parallel = evaluate_attributions(tiny_bert, methods, ids[:2], mask[:2], targets[:2],
-                                                 executor=executor, **settings)
-        else:
-            parallel = evaluate_attributions(tiny_bert, methods, ids[:2], mask[:2], targets[:2],
-                                             executor=executor, **settings)
+    with CountingExecutor(max_workers=2) as executor:
+        parallel = evaluate_attributions(tiny_bert, methods, ids[:2], mask[:2], targets[:2],
+                                         executor=executor, **settings)
+    assert executor.submitted > 0  # the flow problems really went through the executor
     assert parallel.rows == serial.rows
 
 
@@ -173,7 +184,14 @@ def test_reference_copy_correlates_perfectly_once_cls_is_excluded(toy_data):
     assert (row["method"], row["layer"], row["n"]) == ("copy", None, 5)
     assert row["mean"] == pytest.approx(1.0) and row["std"] == pytest.approx(0.0)
     included = evaluate_attributions(linear_probs, methods, ids, mask, targets, **settings)
-    assert included.rows[0]["mean"] < 0.9
+    # Ranked with the real tokens, the loud [CLS] (top in the copy, bottom in the reference)
+    # breaks the agreement; the values equal scipy's on the unpadded tokens.
+    reference = blank.attribute(ids, target=targets, additional_forward_args=(mask,))
+    copy = reference.clone()
+    copy[:, 0] = 10.0
+    expected = [spearmanr(copy[b, mask[b].bool()], reference[b, mask[b].bool()])[0] for b in range(len(ids))]
+    np.testing.assert_allclose(included.per_example[("spearman", "blank", "copy", None)], expected, atol=1e-12)
+    assert included.rows[0]["mean"] < 0.5
 
 
 def test_harness_aopc_equals_direct_computation_across_batches(toy_data):
@@ -299,11 +317,11 @@ def test_markdown_table(layered_result):
 
 def test_plot_correlations_writes_a_real_png(layered_result, tmp_path):
     path = tmp_path / "correlations.png"
-    layered_result.plot_correlations(path)
+    layered_result.plot_correlations(path, dpi=100)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 10_000
     image = matplotlib.image.imread(path)
-    assert image.shape[0] >= 300 and image.shape[1] >= 400
+    assert image.shape[:2] == (350, 500)  # a 5 × 3.5 inch panel at 100 dpi
     assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 20  # lines, text, band
 
 
@@ -311,3 +329,60 @@ def test_plot_needs_correlation_rows(tmp_path):
     result = EvaluationResult.from_values({("sufficiency", None, "flow", None): np.array([0.1])})
     with pytest.raises(ValueError, match="Spearman"):
         result.plot_correlations(tmp_path / "empty.png")
+
+
+def test_plot_has_one_panel_per_reference(tmp_path):
+    values = {("spearman", reference, "flow", layer): np.array([0.1 * layer, 0.3])
+              for reference in ("blank", "gradients") for layer in range(3)}
+    path = tmp_path / "two.png"
+    EvaluationResult.from_values(values).plot_correlations(path, dpi=50)
+    assert matplotlib.image.imread(path).shape[:2] == (175, 500)  # two 5 × 3.5 inch panels at 50 dpi
+
+
+def test_csv_of_a_real_run_has_the_columns_and_one_row_per_result(toy_data, tmp_path):
+    ids, mask, targets = toy_data
+    result = evaluate_attributions(
+        linear_probs, {"blank": BlankOut(linear_probs, UNK, output_type="probs"), "exact": exact_scores},
+        ids, mask, targets, reference="blank", metrics=("spearman", "aopc"), output_type="probs",
+        special_token_ids=(CLS, SEP), progress=False)
+    path = tmp_path / "run.csv"
+    result.to_csv(path)
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == COLUMNS == ("metric", "reference", "method", "layer", "mean", "std", "n")
+    assert [(row["metric"], row["method"]) for row in rows] == [
+        ("spearman", "exact"), ("comprehensiveness", "blank"), ("sufficiency", "blank"),
+        ("comprehensiveness", "exact"), ("sufficiency", "exact")]
+    assert all(int(row["n"]) == 5 for row in rows)
+
+
+def test_harness_spearman_equals_scipy_on_eligible_tokens_of_tiny_bert(tiny_bert, bert_data):
+    # Independent recomputation: run the methods directly, drop [CLS], [SEP] and padding by hand,
+    # and rank with scipy.
+    from captum_attnflow import AttentionFlow
+
+    ids, mask, targets = bert_data
+    methods = {"blank_out": BlankOut(tiny_bert, UNK), "flow": AttentionFlow(tiny_bert)}
+    result = evaluate_attributions(tiny_bert, methods, ids, mask, targets, reference="blank_out",
+                                   method_kwargs={"flow": {"return_all_layers": True}}, metrics=("spearman",),
+                                   special_token_ids=(CLS, SEP), batch_size=2, progress=False)
+    blank = BlankOut(tiny_bert, UNK).attribute(ids, target=targets, additional_forward_args=(mask,))
+    flow = AttentionFlow(tiny_bert).attribute(ids, additional_forward_args=(mask,), return_all_layers=True)
+    keep = (mask == 1) & (ids != CLS) & (ids != SEP)
+    for layer in (0, 1):
+        expected = [spearmanr(flow[layer, b, keep[b]], blank[b, keep[b]])[0] for b in range(len(ids))]
+        np.testing.assert_allclose(result.per_example[("spearman", "blank_out", "flow", layer)], expected,
+                                   atol=1e-6)
+
+
+def test_embedding_methods_equal_captum_layer_methods(tiny_bert, bert_data):
+    # Captum's LayerGradientXActivation is an independent implementation of the same quantity.
+    ids, mask, targets = bert_data
+    args = dict(target=targets, additional_forward_args=(mask,))
+    embeddings = tiny_bert.bert.embeddings
+    ixg = EmbeddingAttribution(InputXGradient, tiny_bert, embeddings).attribute(ids, **args)
+    torch.testing.assert_close(ixg, LayerGradientXActivation(tiny_bert, embeddings).attribute(ids, **args))
+    saliency = EmbeddingAttribution(Saliency, tiny_bert, embeddings).attribute(ids, **args)
+    gradient = LayerGradientXActivation(tiny_bert, embeddings, multiply_by_inputs=False).attribute(ids, **args)
+    torch.testing.assert_close(saliency, gradient.abs())

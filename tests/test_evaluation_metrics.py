@@ -5,12 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from captum.attr import Attribution
+from captum.attr import Attribution, InputXGradient, IntegratedGradients, Saliency
 from captum.metrics import infidelity, sensitivity_max
 from scipy.stats import spearmanr
 
 from captum_attnflow.evaluation import (
     BlankOut,
+    EmbeddingAttribution,
     aopc_scores,
     blank_out_attribution,
     eligible_tokens,
@@ -266,3 +267,72 @@ def test_sensitivity_of_blank_out_on_linear_model_is_bounded_by_hand_value():
     score = sensitivity_max(blank.attribute, ids, perturb, perturb_radius=0.25, n_perturb_samples=30,
                             target=1).item()
     assert score == pytest.approx(0.3 / math.sqrt(0.01 + 0.04 + 0.09 + 0.0025))  # 30 draws hit id 3
+
+
+def test_infidelity_matches_hand_value_for_a_deterministic_perturbation():
+    # drop_prob = 1 blanks every droppable token (ids 1, 2, 3; id 0 protected), the same in every
+    # sample, so infidelity = (Σ_i a_i − (p1(x) − p1(blank)))² = (1.0 − (.1 + .2 + .3))² = 0.16.
+    ids = torch.tensor([[1, 2, 3, 0]])
+    perturb = token_dropout_infidelity_perturb(0, drop_prob=1.0, protected_ids=(0,))
+    attributions = torch.tensor([[1.0, 0.0, 0.0, 5.0]])  # position 3 is never dropped: its 5 is ignored
+    score = infidelity(linear_probs, perturb, ids, attributions, target=1, n_perturb_samples=3)
+    assert score.item() == pytest.approx(0.16, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- gradients on embeddings
+
+EMBEDDINGS = torch.tensor([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5], [0.5, 1.0, -1.0], [-1.0, 0.0, 2.0]])
+READOUT = torch.tensor([0.5, -1.0, 2.0])
+
+
+class LinearEmbeddingModel(torch.nn.Module):
+    """Class-1 logit = Σ_i mask_i · (E[id_i] · w): the gradient w.r.t. embedding i is mask_i · w."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = torch.nn.Embedding.from_pretrained(EMBEDDINGS.clone())
+
+    def forward(self, ids, attention_mask):
+        class1 = ((self.embedding(ids) @ READOUT) * attention_mask).sum(1)
+        return torch.stack([torch.zeros_like(class1), class1], 1)
+
+
+def test_embedding_gradient_methods_match_hand_values():
+    model = LinearEmbeddingModel()
+    ids = torch.tensor([[1, 2, 3], [3, 1, 0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    args = dict(target=1, additional_forward_args=(mask,))
+    # Input × gradient summed over the embedding: mask_i · E[id_i] · w, e.g. 1·.5 + (−2)(−1) + .5·2 = 3.5.
+    ixg = EmbeddingAttribution(InputXGradient, model, model.embedding, token_reduction="sum").attribute(ids, **args)
+    expected = [[3.5, -2.75, 3.5], [3.5, 3.5, 0.0]]
+    np.testing.assert_allclose(ixg.detach().numpy(), expected, atol=1e-6)
+    # |gradient| = mask_i · |w|, full (B, S, D) output by default.
+    saliency = EmbeddingAttribution(Saliency, model, model.embedding).attribute(ids, **args)
+    assert saliency.shape == (2, 3, 3)
+    np.testing.assert_allclose(saliency[0, 1].numpy(), [0.5, 1.0, 2.0])
+    assert not saliency[1, 2].any()  # the padded token does not reach the output
+    # L2 token norm of the saliency: ‖w‖ = sqrt(.25 + 1 + 4) for every real token.
+    norms = EmbeddingAttribution(Saliency, model, model.embedding, token_reduction="norm").attribute(ids, **args)
+    np.testing.assert_allclose(norms.numpy(), [[math.sqrt(5.25)] * 3, [math.sqrt(5.25)] * 2 + [0.0]], atol=1e-6)
+    # On a linear model integrated gradients from a zero embedding equal input × gradient exactly.
+    ig, delta = EmbeddingAttribution(IntegratedGradients, model, model.embedding, token_reduction="sum").attribute(
+        ids, n_steps=5, return_convergence_delta=True, **args)
+    np.testing.assert_allclose(ig.detach().numpy(), expected, atol=1e-5)
+    assert delta.abs().max() < 1e-5
+
+
+def test_embedding_attribution_returns_a_tuple_for_tuple_inputs_and_checks_arguments():
+    model = LinearEmbeddingModel()
+    ids, mask = torch.tensor([[1, 2]]), torch.tensor([[1, 1]])
+    ixg = EmbeddingAttribution(InputXGradient, model, model.embedding, token_reduction="sum")
+    (scores,) = ixg.attribute((ids,), target=1, additional_forward_args=(mask,))  # as sensitivity_max calls it
+    assert scores.shape == (1, 2) and ixg.multiplies_by_inputs
+    with pytest.raises(InvalidParameterError):
+        EmbeddingAttribution(Saliency, model, model.embedding, token_reduction="mean")
+    with pytest.raises(InvalidParameterError):
+        EmbeddingAttribution(Saliency, model, "embedding")
+    with pytest.raises(InvalidInputError, match="never called"):
+        EmbeddingAttribution(Saliency, model, torch.nn.Linear(2, 2)).attribute(
+            ids, target=1, additional_forward_args=(mask,))
+    with pytest.raises(InvalidInputError):
+        ixg.attribute(ids.float(), target=1, additional_forward_args=(mask,))

@@ -1,6 +1,13 @@
 """Evaluate token attributions: rank correlation with a reference (e.g. blank-out),
 ERASER AOPC comprehensiveness/sufficiency, and Captum's infidelity / sensitivity.
 
+* :class:`AttributionEvaluator` / :func:`evaluate_attributions`: run a dict of methods over a
+  dataset batch by batch and score them (per layer for layered methods);
+* :class:`BlankOut`: the paper's reference (one token replaced by UNK, ``|Δp|``);
+* :class:`EmbeddingAttribution`: Captum gradient methods (``Saliency``, ``InputXGradient`` ...)
+  on the embedding layer, called with token ids;
+* :class:`EvaluationResult`: CSV, Markdown and per-layer correlation plots.
+
 Example:
     >>> import torch
     >>> from captum_attnflow.evaluation import per_example_spearman, summarize
@@ -10,6 +17,7 @@ Example:
     2
 """
 
+from captum_attnflow.evaluation.embeddings import EmbeddingAttribution
 from captum_attnflow.evaluation.harness import METRICS, AttributionEvaluator, evaluate_attributions
 from captum_attnflow.evaluation.metrics import (
     AOPC_BINS,
@@ -34,6 +42,7 @@ __all__ = [
     "METRICS",
     "AttributionEvaluator",
     "BlankOut",
+    "EmbeddingAttribution",
     "EvaluationResult",
     "aopc_scores",
     "blank_out_attribution",

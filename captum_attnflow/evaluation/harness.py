@@ -5,7 +5,6 @@ attributions with the metrics of :mod:`captum_attnflow.evaluation.metrics`; meth
 return every layer (``return_all_layers=True``) are scored layer by layer.
 """
 
-import warnings
 from collections import defaultdict
 from numbers import Integral
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -16,6 +15,7 @@ from captum.attr import Attribution
 from captum.metrics import infidelity, sensitivity_max
 from tqdm.auto import tqdm
 
+from captum_attnflow.attr import AttentionFlow
 from captum_attnflow.evaluation.metrics import (
     AOPC_BINS,
     OUTPUT_TYPES,
@@ -30,6 +30,7 @@ from captum_attnflow.evaluation.metrics import (
 )
 from captum_attnflow.evaluation.reporting import EvaluationResult
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
+from captum_attnflow.parallel import flow_map
 
 METRICS = ("spearman", "aopc", "infidelity", "sensitivity")
 Method = Union[Attribution, Callable[..., torch.Tensor]]
@@ -49,14 +50,18 @@ class AttributionEvaluator:
             :class:`~captum.attr.Attribution` (its ``attribute`` is called) or a callable
             ``f(input_ids, target=..., additional_forward_args=..., **kwargs)``. Outputs of shape
             ``(B, S, ...)`` (e.g. ``LayerIntegratedGradients`` on the embeddings) are summed over
-            the trailing dimensions into token scores.
+            the trailing dimensions into token scores. Gradient methods that need float inputs
+            (``Saliency``, ``InputXGradient`` ...) run on the embeddings through
+            :class:`~captum_attnflow.evaluation.EmbeddingAttribution`.
         method_kwargs: ``{name: dict}`` extra ``attribute`` keyword arguments per method. With
             ``{"return_all_layers": True}`` the method must return ``(L, B, S)`` and is scored
             per layer.
         reference: name (or names) in ``methods`` that Spearman correlations are taken against,
             e.g. a :class:`~captum_attnflow.evaluation.BlankOut`; a layered reference uses its
             last layer. None skips correlations.
-        metrics: subset of ``("spearman", "aopc", "infidelity", "sensitivity")``.
+        metrics: subset of ``("spearman", "aopc", "infidelity", "sensitivity")``. Layered
+            methods get Spearman, AOPC and infidelity per layer; sensitivity (which re-runs the
+            method on perturbed inputs) for the last layer only.
         output_type: ``"logits"`` or ``"probs"``; all probability metrics use ``softmax`` of logits.
         exclude_positions: positions never compared or removed, e.g. ``(0,)`` for ``[CLS]``.
         special_token_ids: ids never compared or removed (CLS, SEP ...); also protected from
@@ -71,9 +76,10 @@ class AttributionEvaluator:
             first; on by default because attention scores sum to 1 while Δp does not.
         sensitivity_radius: fraction of tokens replaced per sensitivity perturbation.
         batch_size: examples per batch.
-        executor: a :class:`concurrent.futures.Executor` handed to
-            ``captum_attnflow.parallel.flow_map`` for :class:`~captum_attnflow.AttentionFlow`
-            methods; ignored (with a warning) when that module is unavailable.
+        executor: a :class:`concurrent.futures.Executor` (process pool, Dask
+            ``Client.get_executor()`` ...) on which :class:`~captum_attnflow.AttentionFlow`
+            methods solve their max-flow problems, via :func:`captum_attnflow.parallel.flow_map`;
+            other methods run in-process.
         progress: show a tqdm progress bar over batches.
         seed: seed of the random perturbations, so runs are repeatable.
 
@@ -213,11 +219,9 @@ class AttributionEvaluator:
 
     def _run_method(self, name: str, input_ids, target, args, kwargs):
         method = self.methods[name]
-        if self.executor is not None and _is_attention_flow(method):
-            flow_map = _find_flow_map()
-            if flow_map is not None:
-                return flow_map(method, input_ids, additional_forward_args=args or None,
-                                executor=self.executor, **kwargs)
+        if self.executor is not None and isinstance(method, AttentionFlow):
+            return flow_map(method, input_ids, additional_forward_args=args or None, executor=self.executor,
+                            **kwargs)
         attribute = method.attribute if isinstance(method, Attribution) else method
         output = attribute(input_ids, target=target, additional_forward_args=args or None, **kwargs)
         if isinstance(output, tuple):  # Captum returns a tuple when inputs were a tuple
@@ -310,7 +314,20 @@ class AttributionEvaluator:
 def evaluate_attributions(forward_func: Callable, methods: Mapping[str, Method], input_ids: torch.Tensor,
                           attention_mask: Optional[torch.Tensor] = None, targets=None,
                           **settings) -> EvaluationResult:
-    """One-call form: ``AttributionEvaluator(forward_func, methods, **settings).evaluate(...)``."""
+    """One-call form: ``AttributionEvaluator(forward_func, methods, **settings).evaluate(...)``.
+
+    Example:
+        >>> import torch
+        >>> from captum_attnflow.evaluation import BlankOut
+        >>> probs = lambda ids: torch.stack([1 - ids.sum(1) / 10, ids.sum(1) / 10], 1)
+        >>> gradient_free = lambda ids, **kwargs: ids.float()  # score = the id: exactly |Δp| · 10
+        >>> result = evaluate_attributions(probs, {"blank": BlankOut(probs, 0, output_type="probs"),
+        ...                                        "ids": gradient_free}, torch.tensor([[1, 3, 2]]),
+        ...                                targets=torch.tensor([1]), reference="blank", output_type="probs",
+        ...                                metrics=("spearman",), progress=False)
+        >>> result.rows[0]["method"], result.rows[0]["mean"]
+        ('ids', 1.0)
+    """
     special_tokens_mask = settings.pop("special_tokens_mask", None)
     return AttributionEvaluator(forward_func, methods, **settings).evaluate(
         input_ids, attention_mask, targets, special_tokens_mask=special_tokens_mask)
@@ -331,21 +348,3 @@ def _as_tuple(args) -> tuple:
     if args is None:
         return ()
     return args if isinstance(args, tuple) else (args,)
-
-
-def _is_attention_flow(method) -> bool:
-    try:
-        from captum_attnflow import AttentionFlow
-    except ImportError:
-        return False
-    return isinstance(method, AttentionFlow)
-
-
-def _find_flow_map():
-    try:
-        from captum_attnflow.parallel import flow_map
-    except ImportError:
-        warnings.warn("executor= was given but captum_attnflow.parallel is unavailable; "
-                      "attention flow runs serially.", stacklevel=3)
-        return None
-    return flow_map

@@ -169,6 +169,12 @@ def probability_forward(forward_func: Callable, output_type: str = "logits") -> 
 
     ``output_type="logits"`` applies a softmax over the last dimension, ``"probs"`` passes
     the output through. Metrics that speak of ``p(y|x)`` call the wrapped function.
+
+    Example:
+        >>> import torch
+        >>> probs = probability_forward(lambda ids: torch.tensor([[0.0, 0.0]]))
+        >>> probs(torch.tensor([[1, 2]]))
+        tensor([[0.5000, 0.5000]])
     """
     if output_type not in OUTPUT_TYPES:
         raise InvalidParameterError(f"output_type={output_type!r} is not supported; use one of {OUTPUT_TYPES}.")
@@ -282,7 +288,14 @@ class BlankOut(Attribution):
 
 
 def blank_out_attribution(forward_func: Callable, unk_token_id: int, **kwargs) -> BlankOut:
-    """Function-style alias of :class:`BlankOut`."""
+    """Function-style alias of :class:`BlankOut`.
+
+    Example:
+        >>> import torch
+        >>> probs = lambda ids: torch.stack([1 - ids.sum(1) / 10, ids.sum(1) / 10], 1)
+        >>> blank_out_attribution(probs, 0, output_type="probs").attribute(torch.tensor([[1, 3]]), target=1)
+        tensor([[0.1000, 0.3000]])
+    """
     return BlankOut(forward_func, unk_token_id, **kwargs)
 
 
@@ -306,6 +319,12 @@ def top_k_mask(attributions: torch.Tensor, eligible: torch.Tensor, counts: torch
     """``(B, S)`` bool mask of the ``counts[b]`` highest-scoring eligible tokens of each row.
 
     Ties are broken by position (earlier first) so results are deterministic.
+
+    Example:
+        >>> import torch
+        >>> top_k_mask(torch.tensor([[0.2, 0.7, 0.7, 0.1]]), torch.tensor([[True, True, True, False]]),
+        ...            torch.tensor([2])).int()
+        tensor([[0, 1, 1, 0]], dtype=torch.int32)
     """
     scores = attributions.detach().float().masked_fill(~eligible, float("-inf"))
     # A stable sort keeps equal scores in position order.
@@ -442,6 +461,13 @@ def token_dropout_infidelity_perturb(baseline_token_id: int, *, drop_prob: float
 
     Returns:
         ``perturb(inputs) -> (indicator (B, S) float, perturbed ids (B, S))``.
+
+    Example:
+        >>> import torch
+        >>> perturb = token_dropout_infidelity_perturb(1, drop_prob=1.0, protected_ids=(101, 102))
+        >>> indicator, perturbed = perturb(torch.tensor([[101, 7, 8, 102]]))
+        >>> indicator.int().tolist(), perturbed.tolist()
+        ([[0, 1, 1, 0]], [[101, 1, 1, 102]])
     """
     drop_prob = float(drop_prob)
     if not 0.0 < drop_prob <= 1.0:
@@ -469,6 +495,14 @@ def token_dropout_sensitivity_perturb(baseline_token_id: int, *, protected_ids: 
 
     Returns:
         ``perturb(inputs, perturb_radius) -> perturbed ids``.
+
+    Example:
+        >>> import torch
+        >>> perturb = token_dropout_sensitivity_perturb(1, protected_ids=(101, 102),
+        ...                                             generator=torch.Generator().manual_seed(0))
+        >>> perturbed = perturb(torch.tensor([[101, 7, 8, 9, 102]]), 0.5)  # ceil(.5 · 3) = 2 tokens
+        >>> int((perturbed == 1).sum())
+        2
     """
 
     def perturb(inputs: torch.Tensor, perturb_radius: float):

@@ -58,7 +58,17 @@ class EvaluationResult:
         return [row for row in self.rows if all(row[key] == value for key, value in criteria.items())]
 
     def to_csv(self, path) -> None:
-        """Write :attr:`rows` as CSV with a header; None is written as an empty field."""
+        """Write :attr:`rows` as CSV with a header (:data:`COLUMNS`); None is written as an empty field.
+
+        Example:
+            >>> import os, tempfile
+            >>> import numpy as np
+            >>> path = os.path.join(tempfile.mkdtemp(), "results.csv")
+            >>> EvaluationResult.from_values({("sufficiency", None, "flow", None): np.array([0.5])}).to_csv(path)
+            >>> print(open(path).read().strip())
+            metric,reference,method,layer,mean,std,n
+            sufficiency,,flow,,0.5,nan,1
+        """
         with open(path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=COLUMNS)
             writer.writeheader()
@@ -75,9 +85,20 @@ class EvaluationResult:
     def plot_correlations(self, path, *, reference: Optional[str] = None, dpi: int = 100) -> None:
         """Save per-layer Spearman curves (mean ± std band) to an image file, one panel per reference.
 
-        Methods that returned every layer are drawn as curves over layers; single-output
-        methods as horizontal dashed lines. Uses Matplotlib's Agg canvas directly, so no
-        display and no global ``pyplot`` state are touched.
+        Methods that returned every layer are drawn as curves over layers (1-based, as in the
+        paper); single-output methods as horizontal dashed lines. Each panel is 5 × 3.5 inches
+        (``500 × 350`` pixels at the default ``dpi=100``). Uses Matplotlib's Agg canvas
+        directly, so no display and no global ``pyplot`` state are touched.
+
+        Example:
+            >>> import os, tempfile
+            >>> import numpy as np
+            >>> result = EvaluationResult.from_values(
+            ...     {("spearman", "blank", "flow", layer): np.array([0.2 * layer, 0.3]) for layer in range(3)})
+            >>> path = os.path.join(tempfile.mkdtemp(), "layers.png")
+            >>> result.plot_correlations(path)
+            >>> open(path, "rb").read(4)[1:]  # the PNG signature
+            b'PNG'
         """
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
