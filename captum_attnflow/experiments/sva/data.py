@@ -7,6 +7,7 @@ and predicts whether the (missing) verb is singular (``VBZ``) or plural (``VBP``
 ``"random"`` group.
 """
 
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -15,8 +16,11 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-#: Where the data ships inside the package (``setup.cfg`` package_data ``data/**/*``).
-DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "linzen_sva"
+#: Environment variable naming the folder that holds the ``numpred.*`` files.
+DATA_ENV = "CAPTUM_ATTNFLOW_SVA_DATA"
+#: Where the data lies in a clone of the repository (it is not shipped in the wheel: a library
+#: should not carry 3.6 MB of third-party data with terms of its own; see data/linzen_sva/README.md).
+CLONE_DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "linzen_sva"
 #: Group name -> file. The attractor groups are named by their attractor count.
 GROUP_FILES = {"random": "numpred.val", **{str(k): f"numpred.test.{k}" for k in range(1, 6)}}
 LABELS = ("VBZ", "VBP")  # index 0 = singular, 1 = plural
@@ -57,11 +61,27 @@ def parse_line(line: str, group: str) -> Optional[Example]:
     return Example(tokens=tokens, label=LABELS.index(label), group=group)
 
 
-def load_examples(data_dir: Path = DATA_DIR) -> List[Example]:
-    """All examples of every group, in file order."""
+def find_data_dir(data_dir: Optional[os.PathLike] = None) -> Path:
+    """The folder of the Linzen files: ``data_dir``, else ``$CAPTUM_ATTNFLOW_SVA_DATA``, else the clone's.
+
+    Raises FileNotFoundError naming the missing file and the three ways to point at the data.
+    """
+    candidate = Path(data_dir or os.environ.get(DATA_ENV) or CLONE_DATA_DIR)
+    missing = [name for name in GROUP_FILES.values() if not (candidate / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"The Linzen et al. (2016) agreement data is not in {candidate} (missing {missing[0]}). It lies in "
+            "data/linzen_sva/ of a clone of the captum-attnflow repository and is not part of the installed "
+            f"package: run from a clone, set {DATA_ENV}=/path/to/linzen_sva, or pass --data-dir.")
+    return candidate
+
+
+def load_examples(data_dir: Optional[os.PathLike] = None) -> List[Example]:
+    """All examples of every group, in file order (folder found by :func:`find_data_dir`)."""
+    data_dir = find_data_dir(data_dir)
     examples = []
     for group, filename in GROUP_FILES.items():
-        with open(Path(data_dir) / filename, encoding="utf-8") as handle:
+        with open(data_dir / filename, encoding="utf-8") as handle:
             examples.extend(ex for ex in (parse_line(line, group) for line in handle) if ex is not None)
     return examples
 

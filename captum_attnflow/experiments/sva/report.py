@@ -149,7 +149,7 @@ def render_markdown(summary: dict) -> str:
         "## Setup",
         "",
         f"- **Data**: Linzen et al. (2016) number-prediction prefixes bundled in "
-        f"`captum_attnflow/data/linzen_sva/` (`numpred.val` = group *random*, `numpred.test.k` = "
+        f"`data/linzen_sva/` (`numpred.val` = group *random*, `numpred.test.k` = "
         f"exactly *k* attractors). The original training file is not bundled, so all splits come "
         f"from these files: stratified by group, seed {settings.seed}; the test part takes "
         f"≈{settings.n_test} examples proportionally with at least {settings.min_test_per_group} "

@@ -13,7 +13,6 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from captum_attnflow.experiments.sva.data import (
-    DATA_DIR,
     Example,
     Split,
     Vocabulary,
@@ -77,7 +76,7 @@ def stratified_subset(examples: Sequence[Example], size: int, seed: int) -> List
     return subset
 
 
-def prepare_data(settings: TrainSettings, data_dir: Path = DATA_DIR):
+def prepare_data(settings: TrainSettings, data_dir: Optional[Path] = None):
     """Load, (optionally) subsample and split the data; build the vocabulary on train."""
     examples = load_examples(data_dir)
     if settings.subset is not None:
