@@ -6,11 +6,10 @@ says what to do.  Nothing here imports transformers.
 
 Groups: options (``head_fusion``, fractions, flags, ``layer``, positions, ``token_index``),
 model inputs per family (token ids, sequence inputs, pixel values), masks, attention
-tensors, and the cost budget of exact attention flow.
+tensors. (The cost budget of exact flow lives with the engine, in ``functional/_cost.py``.)
 """
 
 import math
-from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, Optional, Sequence, Union
 
@@ -20,7 +19,6 @@ from captum_attnflow.exceptions import (
     InvalidInputError,
     InvalidInputTypeError,
     InvalidParameterError,
-    ProblemTooLargeError,
 )
 
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -310,61 +308,6 @@ def check_token_index(token_index, modes: Sequence[str]) -> None:
             f"got {type(token_index).__name__}.")
 
 
-# --- Cost of exact attention flow -----------------------------------------------------------
-#
-# Attention flow solves one max-flow problem per (example, explained token, input token) on
-# a layered graph of l·S² edges, and augmenting-path solvers need O(l) paths of O(l·S²)
-# edges per unit of flow, so the work grows like B·P·S·l²·S². The constants below were
-# measured with the networkx reference (≈2 µs per unit; ~1 KB per edge for the graph and its
-# residual copy). Problems above the budget are refused unless ``allow_large=True``.
-
-FLOW_TIME_BUDGET_S = 60.0
-FLOW_MEMORY_BUDGET_BYTES = 2 * 1024 ** 3
-
-
-@dataclass(frozen=True)
-class FlowCost:
-    """Estimated cost of an attention-flow call (``seconds`` and peak ``memory_bytes``)."""
-
-    num_problems: int
-    num_edges: int
-    seconds: float
-    memory_bytes: int
-
-
-def estimate_flow_cost(num_layers: Union[int, Sequence[int]], seq_len: int, batch_size: int,
-                       num_sources: int, *, backend: str = "auto", repeats: int = 1) -> FlowCost:
-    """Estimate the time and memory of exact attention flow (the engine's own cost model).
-
-    Args:
-        num_layers: graph depth ``l`` (the explained layer + 1), or one depth per explained
-            layer (``return_all_layers``).
-        seq_len: ``S``; ``batch_size``: ``B``; ``num_sources``: explained tokens per example.
-        backend: the max-flow engine.
-        repeats: multiplier for extra solves (2 with ``causal_normalization``).
-    """
-    from captum_attnflow.functional import _maxflow  # lazy: _maxflow imports this module
-
-    depths = [int(num_layers)] if isinstance(num_layers, Integral) else [int(d) for d in num_layers]
-    return _maxflow.estimate_flow_cost(depths, seq_len, batch_size, num_sources, backend=backend,
-                                       repeats=repeats)
-
-
-def check_flow_budget(cost: FlowCost, allow_large: bool) -> FlowCost:
-    """Refuse problems above the time or memory budget unless ``allow_large=True``."""
-    check_flag("allow_large", allow_large)
-    if allow_large or (cost.seconds <= FLOW_TIME_BUDGET_S and cost.memory_bytes <= FLOW_MEMORY_BUDGET_BYTES):
-        return cost
-    raise ProblemTooLargeError(
-        f"attention flow would solve {cost.num_problems:,} max-flow problems on graphs of up to "
-        f"{cost.num_edges:,} edges: estimated {cost.seconds:,.0f} s and "
-        f"{cost.memory_bytes / 1024 ** 2:,.0f} MiB (budget {FLOW_TIME_BUDGET_S:.0f} s, "
-        f"{FLOW_MEMORY_BUDGET_BYTES / 1024 ** 2:,.0f} MiB). Pass allow_large=True to run it anyway, "
-        "or make it smaller: fewer explained positions (one token_index instead of 'mean', fewer "
-        "output_positions), an earlier layer, shorter inputs or smaller batches; attention rollout "
-        "is the cheap alternative.")
-
-
 def check_method_options(options: dict) -> None:
     """Check the propagation options an attribution method was given, before the model runs."""
     for name in ("residual_weight",):
@@ -381,10 +324,6 @@ def check_method_options(options: dict) -> None:
             f"executor must be a concurrent.futures.Executor (anything with .submit), got "
             f"{type(executor).__name__}; e.g. captum_attnflow.parallel.local_process_pool() or a Dask "
             "Client(...).get_executor().")
-    if "backend" in options:
-        from captum_attnflow.functional import _maxflow  # lazy: _maxflow may import this module
-
-        _maxflow.check_backend(options["backend"])
 
 
 def check_causal_transitions(transitions: torch.Tensor, tolerance: float = 1e-6) -> None:

@@ -20,10 +20,9 @@ from captum_attnflow import (
     ProblemTooLargeError,
     RawAttention,
     UnsupportedModelError,
-    _validation,
 )
 from captum_attnflow.capture import HuggingFaceAdapter
-from captum_attnflow.functional import _maxflow, attention_flow, attention_rollout, transition_matrices
+from captum_attnflow.functional import _cost, _maxflow, attention_flow, attention_rollout, transition_matrices
 from test_model_restored import PaddedEncoder, assert_unchanged, snapshot, tiny_bert, tiny_vit
 
 FAMILY = {
@@ -249,7 +248,7 @@ def test_unknown_backend(unchanged):
 def _over_budget_seq_len(num_layers: int) -> int:
     """The shortest power-of-two length whose all-positions flow the estimator puts over budget."""
     seq_len = 16
-    while _validation.estimate_flow_cost(num_layers, seq_len, 1, seq_len).seconds <= 2 * _validation.FLOW_TIME_BUDGET_S:
+    while _cost.estimate_flow_cost(num_layers, seq_len, 1, seq_len).seconds <= 2 * _cost.FLOW_TIME_BUDGET_S:
         seq_len *= 2
     assert seq_len <= 1024, "the estimator calls a 12-layer, 1024-token flow cheap"
     return seq_len
@@ -258,7 +257,7 @@ def _over_budget_seq_len(num_layers: int) -> int:
 def test_large_flow_problem_is_refused_with_its_estimate(monkeypatch):
     num_layers = 12
     seq_len = _over_budget_seq_len(num_layers)
-    cost = _validation.estimate_flow_cost(num_layers, seq_len, 1, seq_len)
+    cost = _cost.estimate_flow_cost(num_layers, seq_len, 1, seq_len)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a refused problem must not start solving")
@@ -276,10 +275,10 @@ def test_large_flow_problem_is_refused_with_its_estimate(monkeypatch):
 
 
 def test_estimate_grows_with_every_dimension():
-    base = _validation.estimate_flow_cost(2, 8, 1, 1)
-    for bigger in (_validation.estimate_flow_cost(3, 8, 1, 1), _validation.estimate_flow_cost(2, 9, 1, 1),
-                   _validation.estimate_flow_cost(2, 8, 2, 1), _validation.estimate_flow_cost(2, 8, 1, 2),
-                   _validation.estimate_flow_cost([2, 1], 8, 1, 1)):
+    base = _cost.estimate_flow_cost(2, 8, 1, 1)
+    for bigger in (_cost.estimate_flow_cost(3, 8, 1, 1), _cost.estimate_flow_cost(2, 9, 1, 1),
+                   _cost.estimate_flow_cost(2, 8, 2, 1), _cost.estimate_flow_cost(2, 8, 1, 2),
+                   _cost.estimate_flow_cost([2, 1], 8, 1, 1)):
         assert bigger.seconds > base.seconds
 
 
@@ -287,7 +286,7 @@ def test_allow_large_runs_what_the_budget_refuses(monkeypatch, unchanged):
     weights = attentions(seq_len=5)
     expected = attention_flow(weights, output_positions=[0, 1])
     expected_class = AttentionFlow(unchanged).attribute(IDS, token_index="mean")
-    monkeypatch.setattr(_validation, "FLOW_TIME_BUDGET_S", 0.0)
+    monkeypatch.setattr(_cost, "FLOW_TIME_BUDGET_S", 0.0)
     with pytest.raises(ProblemTooLargeError) as raised:
         attention_flow(weights, output_positions=[0, 1])
     assert_documented(raised, ProblemTooLargeError, "allow_large")
@@ -300,7 +299,7 @@ def test_allow_large_runs_what_the_budget_refuses(monkeypatch, unchanged):
 
 
 def test_memory_budget_is_enforced(monkeypatch):
-    monkeypatch.setattr(_validation, "FLOW_MEMORY_BUDGET_BYTES", 1)
+    monkeypatch.setattr(_cost, "FLOW_MEMORY_BUDGET_BYTES", 1)
     with pytest.raises(ProblemTooLargeError) as raised:
         attention_flow(attentions())
     assert_documented(raised, ProblemTooLargeError, "allow_large", "MiB")

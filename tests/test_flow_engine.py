@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from captum_attnflow.capture import capture_attention
-from captum_attnflow.functional import _maxflow
+from captum_attnflow.functional import _cost, _maxflow
 from captum_attnflow.functional.flow import batched_flow_from_transitions, flow_from_transitions
 from captum_attnflow.functional.fusion import transition_matrices
 from references import networkx_flow
@@ -85,13 +85,13 @@ def test_one_batched_call_equals_per_example_calls():
 
 
 def test_cost_estimate_grows_with_the_problem():
-    small = _maxflow.estimate_flow_cost(6, 32, 1, 1)
+    small = _cost.estimate_flow_cost(6, 32, 1, 1)
     assert small.num_problems == 32 and small.num_edges == 6 * 32 * 32
-    longer = _maxflow.estimate_flow_cost(6, 64, 1, 1)
-    deeper = _maxflow.estimate_flow_cost([6, 12], 32, 1, 1)
+    longer = _cost.estimate_flow_cost(6, 64, 1, 1)
+    deeper = _cost.estimate_flow_cost([6, 12], 32, 1, 1)
     assert longer.seconds > small.seconds * 7 and longer.memory_bytes > small.memory_bytes
     assert deeper.num_problems == 2 * small.num_problems and deeper.seconds > small.seconds
-    assert _maxflow.estimate_flow_cost(6, 32, 1, 1, backend="networkx").seconds > small.seconds * 100
+    assert _cost.estimate_flow_cost(6, 32, 1, 1, backend="networkx").seconds > small.seconds * 100
 
 
 def test_unknown_backend_lists_the_choices():

@@ -25,6 +25,7 @@ from captum_attnflow.capture import AttentionAdapter, CapturedAttention, capture
 from captum_attnflow.capture.base import mask_from_forward_args
 from captum_attnflow.capture.custom import WeightsReader, make_adapter
 from captum_attnflow.exceptions import InvalidParameterError
+from captum_attnflow.functional._maxflow import check_backend
 
 TokenIndex = Union[int, str, torch.Tensor, Sequence[int]]
 TOKEN_INDEX_MODES = ("mean", "last")
@@ -131,6 +132,8 @@ class AttentionAttributionBase(Attribution):
         check_model_inputs(inputs, self.model)
         check_method_options(dict(kwargs, return_patch_grid=return_patch_grid,
                                   return_all_layers=return_all_layers))
+        if "backend" in kwargs:
+            check_backend(kwargs["backend"])
         check_token_index(token_index, TOKEN_INDEX_MODES)
         self._check_mask_before_forward(inputs, additional_forward_args)
         captured = self.capture(inputs, additional_forward_args, head_fusion=head_fusion)

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from captum.log import log_usage
 
-from captum_attnflow._validation import check_causal_transitions, check_flow_budget, estimate_flow_cost
+from captum_attnflow._validation import check_causal_transitions
+from captum_attnflow.functional._cost import check_flow_budget, estimate_flow_cost
 from captum_attnflow.attr._base import AttentionAttributionBase, TokenIndex
 from captum_attnflow.capture import CapturedAttention
 from captum_attnflow.functional import _maxflow

@@ -4,7 +4,8 @@ Nothing here touches a model or imports transformers; the inputs are attention
 weights as Hugging Face returns them (L tensors of shape ``(B, H, S, S)``).
 """
 
-from captum_attnflow.functional._maxflow import FLOW_BACKENDS, estimate_flow_cost
+from captum_attnflow.functional._cost import estimate_flow_cost
+from captum_attnflow.functional._maxflow import FLOW_BACKENDS
 from captum_attnflow.functional.causal import (
     normalize_by_receptive_field,
     receptive_field_transitions,

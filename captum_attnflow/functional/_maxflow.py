@@ -23,11 +23,10 @@ by at most ``(edges crossing the cut) * 1e-12 <= l * S**2 * 1e-12`` (6.1e-9 for 
 """
 
 import math
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence
 
 import numpy as np
 
-from captum_attnflow._validation import FlowCost
 from captum_attnflow.exceptions import InvalidParameterError
 
 try:  # numba is a declared dependency; the guard keeps networkx usable if it is broken.
@@ -49,54 +48,17 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+def worker_count() -> int:
+    """Threads the compiled engine spreads one call over (1 without numba)."""
+    return numba.get_num_threads() if numba is not None else 1
+
+
 def resolve_backend(backend: str) -> str:
     """Map ``"auto"`` to the engine that will actually run."""
     check_backend(backend)
     if backend == "auto":
         return "numba" if numba is not None else "networkx"
     return backend
-
-
-# ---------------------------------------------------------------------------- cost model
-
-# Seconds per "edge visit" on one core: a problem on an l·S² graph visits about that many
-# edges per Dinic phase, and attention graphs need one or two phases. Calibrated on this
-# project's 2-core 2.x GHz CI machine (docs/benchmarks.md) and rounded up, so estimates err
-# on the slow side.
-_SECONDS_PER_EDGE_VISIT = {"numba": 2e-9, "networkx": 8e-6}
-_PHASES = 2
-
-
-def estimate_flow_cost(num_layers: Union[int, Sequence[int]], seq_len: int, batch_size: int,
-                       num_sources: int, *, backend: str = "auto", repeats: int = 1) -> FlowCost:
-    """Estimate time and memory of exact flow for every (example, source, input) problem.
-
-    Args:
-        num_layers: graph depth ``l`` (explained layer + 1), or one depth per explained layer.
-        seq_len, batch_size, num_sources: ``S``, ``B`` and explained positions per example.
-        backend: engine that will run (``"auto"`` is resolved first).
-        repeats: extra solves per problem (2 with causal normalisation).
-
-    Example:
-        >>> cost = estimate_flow_cost(6, 32, 1, 1)
-        >>> cost.num_problems, cost.num_edges
-        (32, 6144)
-    """
-    engine = resolve_backend(backend)
-    depths = [int(num_layers)] if isinstance(num_layers, (int, np.integer)) else [int(d) for d in num_layers]
-    problems_per_depth = batch_size * num_sources * seq_len * repeats
-    visits = sum(problems_per_depth * _PHASES * depth * seq_len * seq_len for depth in depths)
-    cores = _worker_count() if engine == "numba" else 1  # networkx runs serially
-    largest = max(depths) * seq_len * seq_len
-    # numba keeps one capacity array per example plus a flow array per concurrent problem.
-    per_problem_arrays = 2 if engine == "numba" else 40  # networkx: ~40 bytes/edge of dicts
-    memory = largest * 8 * (batch_size + per_problem_arrays * _worker_count())
-    return FlowCost(num_problems=problems_per_depth * len(depths), num_edges=largest,
-                    seconds=visits * _SECONDS_PER_EDGE_VISIT[engine] / cores, memory_bytes=int(memory))
-
-
-def _worker_count() -> int:
-    return numba.get_num_threads() if numba is not None else 1
 
 
 # ---------------------------------------------------------------------------- networkx

@@ -9,12 +9,11 @@ import torch
 from captum_attnflow._validation import (
     check_causal_transitions,
     check_flag,
-    check_flow_budget,
     check_layer,
     check_positions,
-    estimate_flow_cost,
 )
 from captum_attnflow.functional import _maxflow
+from captum_attnflow.functional._cost import check_flow_budget, estimate_flow_cost
 from captum_attnflow.functional.causal import normalize_by_receptive_field, receptive_field_transitions
 from captum_attnflow.functional.fusion import transition_matrices
 
@@ -118,7 +117,7 @@ def attention_flow(attentions, *, output_positions: Union[int, Sequence[int]] = 
             same source sends to that input under uniform causal attention (its receptive
             field) and rescale to the original sum; see :mod:`captum_attnflow.functional.causal`.
         allow_large: run problems whose estimated cost exceeds the budget of
-            :func:`captum_attnflow._validation.check_flow_budget`; otherwise they raise
+            :func:`captum_attnflow.functional._cost.check_flow_budget`; otherwise they raise
             :class:`~captum_attnflow.exceptions.ProblemTooLargeError` with the estimate.
 
     Example:
