@@ -5,7 +5,11 @@ ERASER AOPC comprehensiveness/sufficiency, and Captum's infidelity / sensitivity
   dataset batch by batch and score them (per layer for layered methods);
 * :class:`BlankOut`: the paper's reference (one token replaced by UNK, ``|Δp|``);
 * :class:`EmbeddingAttribution`: Captum gradient methods (``Saliency``, ``InputXGradient`` ...)
-  on the embedding layer, called with token ids;
+  on the embedding layer, called with token ids; :class:`InputGradients` with the paper's
+  gradient reducers (L2, |Σ|, gradient × input);
+* :class:`OutputPositionsRelevance`: relevance as one output row, the mean or the max over
+  output positions (the protocol choices of the paper's two experiments);
+* :func:`bootstrap_mean_ci`: confidence intervals over examples and training seeds;
 * :class:`EvaluationResult`: CSV, Markdown and per-layer correlation plots.
 
 Example:
@@ -17,13 +21,19 @@ Example:
     2
 """
 
-from captum_attnflow.evaluation.embeddings import EmbeddingAttribution
-from captum_attnflow.evaluation.harness import METRICS, AttributionEvaluator, evaluate_attributions
+from captum_attnflow.evaluation.embeddings import GRADIENT_REDUCERS, EmbeddingAttribution, InputGradients
+from captum_attnflow.evaluation.harness import METRICS, TARGET_CLASSES, AttributionEvaluator, evaluate_attributions
 from captum_attnflow.evaluation.metrics import (
     AOPC_BINS,
+    RANK_METHODS,
+    SPEARMAN_FORMULAS,
+    UNDEFINED_POLICIES,
     BlankOut,
     aopc_scores,
     blank_out_attribution,
+    bootstrap_difference_ci,
+    bootstrap_mean_ci,
+    bootstrap_mean_cis,
     eligible_tokens,
     per_example_spearman,
     probability_forward,
@@ -34,22 +44,35 @@ from captum_attnflow.evaluation.metrics import (
     top_k_counts,
     top_k_mask,
 )
+from captum_attnflow.evaluation.relevance import OUTPUT_REDUCTIONS, OutputPositionsRelevance, reduce_output_positions
 from captum_attnflow.evaluation.reporting import COLUMNS, EvaluationResult
 
 __all__ = [
     "AOPC_BINS",
     "COLUMNS",
+    "GRADIENT_REDUCERS",
     "METRICS",
+    "OUTPUT_REDUCTIONS",
+    "RANK_METHODS",
+    "SPEARMAN_FORMULAS",
+    "TARGET_CLASSES",
+    "UNDEFINED_POLICIES",
     "AttributionEvaluator",
     "BlankOut",
     "EmbeddingAttribution",
     "EvaluationResult",
+    "InputGradients",
+    "OutputPositionsRelevance",
     "aopc_scores",
     "blank_out_attribution",
+    "bootstrap_difference_ci",
+    "bootstrap_mean_ci",
+    "bootstrap_mean_cis",
     "eligible_tokens",
     "evaluate_attributions",
     "per_example_spearman",
     "probability_forward",
+    "reduce_output_positions",
     "spearman_correlation",
     "summarize",
     "token_dropout_infidelity_perturb",

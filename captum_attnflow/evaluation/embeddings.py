@@ -11,12 +11,14 @@ their own algorithms; this wrapper covers the rest.)
 from typing import Callable, Optional
 
 import torch
-from captum.attr import Attribution
+from captum.attr import Attribution, InputXGradient, Saliency
 from torch import nn
 
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
 
-TOKEN_REDUCTIONS = (None, "sum", "norm")
+TOKEN_REDUCTIONS = (None, "sum", "sum_abs", "norm")
+#: Token scores from input gradients, see :class:`InputGradients`.
+GRADIENT_REDUCERS = ("l2", "sum_abs", "grad_x_input")
 
 
 class _StopForward(Exception):
@@ -41,8 +43,8 @@ class EmbeddingAttribution(Attribution):
             (word + position + type embeddings) or ``model.bert.embeddings.word_embeddings``;
             its output must be a tensor whose first two dimensions are ``(B, S)``.
         token_reduction: ``None`` returns ``(B, S, D)`` like Captum; ``"sum"`` sums over ``D``
-            (Captum's usual token score); ``"norm"`` takes the L2 norm over ``D`` (the usual
-            token score of saliency).
+            (Captum's usual token score); ``"sum_abs"`` is the absolute value of that sum;
+            ``"norm"`` takes the L2 norm over ``D`` (the usual token score of saliency).
         **method_kwargs: passed to ``method_class`` (e.g. ``multiply_by_inputs=False``).
 
     Example:
@@ -149,7 +151,71 @@ class EmbeddingAttribution(Attribution):
         if self.token_reduction is None:
             return attributions
         flat = attributions.reshape(*attributions.shape[:2], -1)
-        return flat.sum(-1) if self.token_reduction == "sum" else flat.norm(dim=-1)
+        if self.token_reduction == "norm":
+            return flat.norm(dim=-1)
+        summed = flat.sum(-1)
+        return summed.abs() if self.token_reduction == "sum_abs" else summed
+
+
+class InputGradients(EmbeddingAttribution):
+    r"""Token importance from the gradient of the output with respect to the token embeddings.
+
+    With ``g_i = ∂f_target/∂e_i`` the gradient at token ``i``'s embedding ``e_i`` (the output of
+    ``embedding_layer``), the ``reducer`` turns it into one score per token:
+
+    * ``"l2"``: ``‖g_i‖₂``, the usual saliency norm;
+    * ``"sum_abs"``: ``|Σ_d g_{i,d}|``, the "input gradients" of Abnar & Zuidema's code for
+      their Table 2 (their ``grad_scores``);
+    * ``"grad_x_input"``: ``|Σ_d g_{i,d} e_{i,d}|``, gradient × input (their ``inputgrad``).
+
+    Which embedding is "the input" matters only for ``"grad_x_input"``: the authors' model
+    multiplies by the sum of token and position embeddings, so pass the layer that outputs
+    that sum to follow them.
+
+    Args:
+        forward_func: model or function of ``(input_ids, *additional_forward_args)``.
+        embedding_layer: the module whose output is differentiated (see
+            :class:`EmbeddingAttribution`).
+        reducer: one of :data:`GRADIENT_REDUCERS`.
+
+    Example:
+        >>> import torch
+        >>> embedding = torch.nn.Embedding(4, 2)
+        >>> with torch.no_grad():
+        ...     _ = embedding.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 2.0], [3.0, -1.0], [0.5, 0.5]]))
+        >>> def logits(ids):  # class-1 logit: 2·(first coordinate) − 3·(second), summed over tokens
+        ...     e = embedding(ids)
+        ...     return torch.stack([torch.zeros(len(ids)), (2 * e[..., 0] - 3 * e[..., 1]).sum(1)], 1)
+        >>> ids = torch.tensor([[1, 2]])
+        >>> InputGradients(logits, embedding, reducer="sum_abs").attribute(ids, target=1)  # |2 − 3|
+        tensor([[1., 1.]])
+        >>> InputGradients(logits, embedding, reducer="grad_x_input").attribute(ids, target=1)
+        tensor([[4., 9.]])
+    """
+
+    def __init__(self, forward_func: Callable, embedding_layer: nn.Module, *, reducer: str = "l2") -> None:
+        if reducer not in GRADIENT_REDUCERS:
+            raise InvalidParameterError(f"reducer={reducer!r}; use one of {GRADIENT_REDUCERS}.")
+        method_class = InputXGradient if reducer == "grad_x_input" else Saliency
+        super().__init__(method_class, forward_func, embedding_layer,
+                         token_reduction="norm" if reducer == "l2" else "sum_abs")
+        self.reducer = reducer
+
+    def attribute(self, inputs, target=None, additional_forward_args=None, **kwargs):
+        r"""
+        Args:
+            inputs (Tensor): token ids ``(B, S)`` (or a 1-tuple of it).
+            target: as in Captum (e.g. the gold or the predicted class).
+            additional_forward_args (tuple, optional): e.g. ``(attention_mask,)``.
+
+        Returns:
+            ``(B, S)`` token scores, ``≥ 0``.
+        """
+        if isinstance(self.method, Saliency):
+            kwargs.setdefault("abs", False)  # signed gradients; the reducer decides on signs
+        scores = super().attribute(inputs, target=target, additional_forward_args=additional_forward_args,
+                                   **kwargs)
+        return tuple(score.detach() for score in scores) if isinstance(scores, tuple) else scores.detach()
 
 
 def _as_tuple(args) -> tuple:

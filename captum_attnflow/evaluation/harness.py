@@ -19,7 +19,10 @@ from captum_attnflow.attr import AttentionFlow
 from captum_attnflow.evaluation.metrics import (
     AOPC_BINS,
     OUTPUT_TYPES,
+    RANK_METHODS,
     REMOVALS,
+    SPEARMAN_FORMULAS,
+    UNDEFINED_POLICIES,
     _resolve_target,
     aopc_scores,
     eligible_tokens,
@@ -33,6 +36,9 @@ from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
 from captum_attnflow.parallel import flow_map
 
 METRICS = ("spearman", "aopc", "infidelity", "sensitivity")
+#: Which class is explained: the ``targets`` given to :meth:`AttributionEvaluator.evaluate`
+#: (the gold labels; the predicted class where none are given), or always the predicted one.
+TARGET_CLASSES = ("given", "predicted")
 Method = Union[Attribution, Callable[..., torch.Tensor]]
 
 
@@ -62,6 +68,14 @@ class AttributionEvaluator:
         metrics: subset of ``("spearman", "aopc", "infidelity", "sensitivity")``. Layered
             methods get Spearman, AOPC and infidelity per layer; sensitivity (which re-runs the
             method on perturbed inputs) for the last layer only.
+        rank_method, spearman_formula: how Spearman ranks ties and which formula it uses
+            (:data:`~captum_attnflow.evaluation.metrics.RANK_METHODS`,
+            :data:`~captum_attnflow.evaluation.metrics.SPEARMAN_FORMULAS`); the defaults are
+            the textbook statistic, ``"dense"`` + ``"difference"`` the authors' code.
+        undefined: ``"exclude"`` leaves undefined correlations out of the means, ``"zero"``
+            counts them as 0 (the authors' code).
+        target_class: ``"given"`` explains the ``targets`` passed to :meth:`evaluate`, ``"predicted"``
+            the model's prediction even when gold targets are given (see :data:`TARGET_CLASSES`).
         output_type: ``"logits"`` or ``"probs"``; all probability metrics use ``softmax`` of logits.
         exclude_positions: positions never compared or removed, e.g. ``(0,)`` for ``[CLS]``.
         special_token_ids: ids never compared or removed (CLS, SEP ...); also protected from
@@ -103,7 +117,9 @@ class AttributionEvaluator:
     def __init__(self, forward_func: Callable, methods: Mapping[str, Method], *,
                  method_kwargs: Optional[Mapping[str, Mapping[str, Any]]] = None,
                  reference: Union[None, str, Sequence[str]] = None,
-                 metrics: Sequence[str] = ("spearman", "aopc"), output_type: str = "logits",
+                 metrics: Sequence[str] = ("spearman", "aopc"), rank_method: str = "average",
+                 spearman_formula: str = "pearson", undefined: str = "exclude",
+                 target_class: str = "given", output_type: str = "logits",
                  exclude_positions: Sequence[int] = (), special_token_ids: Sequence[int] = (),
                  baseline_token_id: int = 0, aopc_bins: Sequence[float] = AOPC_BINS,
                  removal: str = "replace", n_perturb_samples: int = 10,
@@ -115,6 +131,10 @@ class AttributionEvaluator:
         self.method_kwargs = method_kwargs
         self.reference = reference
         self.metrics = metrics
+        self.rank_method = rank_method
+        self.spearman_formula = spearman_formula
+        self.undefined = undefined
+        self.target_class = target_class
         self.output_type = output_type
         self.exclude_positions = exclude_positions
         self.special_token_ids = special_token_ids
@@ -157,14 +177,16 @@ class AttributionEvaluator:
                 input_ids[batch], None if attention_mask is None else attention_mask[batch],
                 None if targets is None else targets[batch],
                 None if special_tokens_mask is None else special_tokens_mask[batch], generator, values)
-        return EvaluationResult.from_values({key: np.concatenate(parts) for key, parts in values.items()})
+        return EvaluationResult.from_values({key: np.concatenate(parts) for key, parts in values.items()},
+                                            undefined=self.undefined)
 
     # ------------------------------------------------------------------ one batch
 
     def _evaluate_batch(self, input_ids, attention_mask, targets, special_tokens_mask, generator, values):
         args = () if attention_mask is None else (attention_mask,)
         prob_forward = probability_forward(self.forward_func, self.output_type)
-        target = _resolve_target(prob_forward, input_ids, args, targets)
+        target = _resolve_target(prob_forward, input_ids, args,
+                                 None if self.target_class == "predicted" else targets)
         special = self._special_mask(input_ids, special_tokens_mask)
         eligible = eligible_tokens(input_ids, attention_mask, exclude_positions=self.exclude_positions,
                                    special_tokens_mask=special)
@@ -182,7 +204,8 @@ class AttributionEvaluator:
                     continue
                 for layer, layer_scores in zip(layers, method_scores):
                     yield ("spearman", reference, name, layer), per_example_spearman(
-                        layer_scores, reference_scores, eligible)
+                        layer_scores, reference_scores, eligible, ranks=self.rank_method,
+                        formula=self.spearman_formula)
         for name, (layers, method_scores) in scores.items():
             for layer, layer_scores in zip(layers, method_scores):
                 if "aopc" in self.metrics:
@@ -287,8 +310,11 @@ class AttributionEvaluator:
                     f"reference={reference!r} is not a key of methods {sorted(self.methods)}.")
         if "spearman" in self.metrics and self.reference is None:
             raise InvalidParameterError("metrics include 'spearman' but reference is None; name a method.")
-        if self.output_type not in OUTPUT_TYPES:
-            raise InvalidParameterError(f"output_type={self.output_type!r}; use one of {OUTPUT_TYPES}.")
+        for name, choices in (("output_type", OUTPUT_TYPES), ("rank_method", RANK_METHODS),
+                              ("spearman_formula", SPEARMAN_FORMULAS), ("undefined", UNDEFINED_POLICIES),
+                              ("target_class", TARGET_CLASSES)):
+            if getattr(self, name) not in choices:
+                raise InvalidParameterError(f"{name}={getattr(self, name)!r}; use one of {choices}.")
         if self.removal not in REMOVALS:
             raise InvalidParameterError(f"removal={self.removal!r}; use one of {REMOVALS}.")
         for name in ("batch_size", "n_perturb_samples"):

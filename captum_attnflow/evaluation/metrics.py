@@ -12,7 +12,6 @@ real tokens (``attention_mask == 1``), minus ``exclude_positions`` (e.g. ``(0,)`
 ``return_special_tokens_mask=True``, which also catches ``[SEP]`` at varying positions).
 """
 
-import math
 from numbers import Integral
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -81,41 +80,84 @@ def _check_same_shape(tensor, like: torch.Tensor, name: str) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- correlation
 
+#: How ties are ranked: ``"average"`` (scipy's default, the textbook Spearman) or ``"dense"``
+#: (1, 2, 3 ... over the distinct values, pandas ``rank(method="dense")``, as in the authors' code).
+RANK_METHODS = ("average", "dense")
+#: ``"pearson"``: Pearson correlation of the ranks (exact with ties); ``"difference"``:
+#: ``1 − 6Σd²/(n(n²−1))`` on the ranks, the shortcut that is exact only without ties (the authors').
+SPEARMAN_FORMULAS = ("pearson", "difference")
+#: What an undefined correlation counts as in a mean: left out, or 0 (the authors' code).
+UNDEFINED_POLICIES = ("exclude", "zero")
 
-def spearman_correlation(x, y) -> float:
+
+def spearman_correlation(x, y, *, ranks: str = "average", formula: str = "pearson") -> float:
     """Spearman's rank correlation of two 1-D vectors, ``nan`` when it is undefined.
 
-    Ties get their average rank (as in :func:`scipy.stats.spearmanr`), then the Pearson
-    correlation of the ranks is returned. It is ``nan`` (no warning) when fewer than two
-    values are given or either vector is constant: a constant attribution has no ranking,
-    and scoring it 0 would silently pull averages towards "uncorrelated".
+    The default is the textbook statistic, as :func:`scipy.stats.spearmanr`: ties get their
+    average rank, then the Pearson correlation of the ranks is returned. It is ``nan`` (no
+    warning) when fewer than two values are given or either vector is constant: a constant
+    attribution has no ranking, and scoring it 0 would silently pull averages towards
+    "uncorrelated".
+
+    ``ranks="dense", formula="difference"`` is the variant of Abnar & Zuidema's code
+    (pandas dense ranks put into ``1 − 6Σd²/(n(n²−1))``): with ties it is not a correlation
+    (it can leave [−1, 1] and is defined for constant vectors), which is why it is an option.
+
+    Args:
+        x, y: 1-D sequences of equal length.
+        ranks: one of :data:`RANK_METHODS`.
+        formula: one of :data:`SPEARMAN_FORMULAS`; ``"difference"`` is ``nan`` only for n < 2.
 
     Example:
         >>> spearman_correlation([1.0, 2.0, 3.0], [10.0, 30.0, 20.0])
         0.5
         >>> spearman_correlation([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
         nan
+        >>> spearman_correlation([1.0, 1.0, 2.0], [1.0, 2.0, 3.0], ranks="dense", formula="difference")
+        0.5
     """
     x = np.asarray(x, dtype=np.float64).ravel()
     y = np.asarray(y, dtype=np.float64).ravel()
     if x.shape != y.shape:
         raise InvalidInputError(f"x and y must have the same length, got {x.size} and {y.size}.")
-    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    rank_x = rankdata(x) - (x.size + 1) / 2
-    rank_y = rankdata(y) - (y.size + 1) / 2
-    value = float(rank_x @ rank_y / math.sqrt((rank_x @ rank_x) * (rank_y @ rank_y)))
-    return min(1.0, max(-1.0, value))  # rounding can overshoot ±1 by an ulp
+    return float(_row_spearman(x[None], y[None], ranks, formula)[0])
+
+
+def _check_choice(name: str, value, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise InvalidParameterError(f"{name}={value!r} is not supported; use one of {tuple(choices)}.")
+    return value
+
+
+def _row_spearman(x: np.ndarray, y: np.ndarray, ranks: str, formula: str) -> np.ndarray:
+    """Spearman of each row pair of two ``(B, n)`` float64 arrays (same n for every row)."""
+    _check_choice("ranks", ranks, RANK_METHODS)
+    _check_choice("formula", formula, SPEARMAN_FORMULAS)
+    batch, n = x.shape
+    if n < 2:
+        return np.full(batch, np.nan)
+    rank_x = rankdata(x, method=ranks, axis=1).astype(np.float64)
+    rank_y = rankdata(y, method=ranks, axis=1).astype(np.float64)
+    if formula == "difference":
+        return 1.0 - 6.0 * ((rank_x - rank_y) ** 2).sum(axis=1) / (n * (n * n - 1.0))
+    rank_x -= rank_x.mean(axis=1, keepdims=True)
+    rank_y -= rank_y.mean(axis=1, keepdims=True)
+    norms = np.sqrt((rank_x * rank_x).sum(axis=1) * (rank_y * rank_y).sum(axis=1))
+    defined = (np.ptp(x, axis=1) > 0) & (np.ptp(y, axis=1) > 0)
+    values = np.divide((rank_x * rank_y).sum(axis=1), norms, out=np.full(batch, np.nan), where=defined)
+    return np.clip(values, -1.0, 1.0)  # rounding can overshoot ±1 by an ulp
 
 
 def per_example_spearman(attributions: torch.Tensor, reference: torch.Tensor,
-                         mask: Optional[torch.Tensor] = None) -> np.ndarray:
+                         mask: Optional[torch.Tensor] = None, *, ranks: str = "average",
+                         formula: str = "pearson") -> np.ndarray:
     """Spearman correlation of each row of ``attributions`` with the same row of ``reference``.
 
     Args:
         attributions, reference: ``(B, S)`` token scores.
         mask: ``(B, S)`` bool, only True tokens are ranked (see :func:`eligible_tokens`);
             None compares every token.
+        ranks, formula: as in :func:`spearman_correlation`.
 
     Returns:
         ``(B,)`` float64 array; ``nan`` where :func:`spearman_correlation` is undefined.
@@ -132,33 +174,133 @@ def per_example_spearman(attributions: torch.Tensor, reference: torch.Tensor,
     if mask is None:
         mask = torch.ones_like(attributions, dtype=torch.bool)
     mask = _check_same_shape(mask, attributions, "mask").bool()
-    a, r, m = (t.detach().cpu().numpy() for t in (attributions, reference, mask))
-    return np.array([spearman_correlation(a[b, m[b]], r[b, m[b]]) for b in range(a.shape[0])])
+    # float64: float32 scores that differ in the last bit must stay distinct ranks.
+    a, r = (t.detach().cpu().double().numpy() for t in (attributions, reference))
+    m = mask.cpu().numpy()
+    result = np.full(a.shape[0], np.nan)
+    lengths = m.sum(axis=1)
+    # Rows with the same number of ranked tokens are ranked together, vectorised.
+    for length in np.unique(lengths):
+        rows = np.flatnonzero(lengths == length)
+        selected = m[rows]
+        result[rows] = _row_spearman(a[rows][selected].reshape(len(rows), length),
+                                     r[rows][selected].reshape(len(rows), length), ranks, formula)
+    return result
 
 
 def _as_token_scores(scores, name: str) -> torch.Tensor:
     if not isinstance(scores, torch.Tensor) or scores.ndim != 2:
         shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise InvalidInputError(f"{name} must be a (B, S) tensor of token scores, got {shape}.")
-    return scores.detach().float()
+    return scores.detach()
 
 
-def summarize(values) -> Tuple[float, float, int]:
-    """``(mean, std, n)`` over the finite entries of ``values``.
+def summarize(values, *, undefined: str = "exclude") -> Tuple[float, float, int]:
+    """``(mean, std, n)`` over ``values``.
 
-    ``std`` is the sample standard deviation (``ddof=1``), ``nan`` when ``n < 2``; ``nan``
-    entries (undefined correlations) are left out and not counted in ``n``.
+    ``std`` is the sample standard deviation (``ddof=1``), ``nan`` when ``n < 2``. With
+    ``undefined="exclude"`` ``nan`` entries (undefined correlations) are left out and not
+    counted in ``n``; with ``"zero"`` they count as 0, as in the authors' code.
 
     Example:
         >>> summarize([0.5, float("nan"), 1.0])
         (0.75, 0.3535533905932738, 2)
+        >>> summarize([0.5, float("nan"), 1.0], undefined="zero")[0]
+        0.5
     """
     values = np.asarray(values, dtype=np.float64).ravel()
+    values = _apply_undefined(values, undefined)
     values = values[np.isfinite(values)]
     n = int(values.size)
     mean = float(values.mean()) if n else float("nan")
     std = float(values.std(ddof=1)) if n > 1 else float("nan")
     return mean, std, n
+
+
+def _apply_undefined(values: np.ndarray, undefined: str) -> np.ndarray:
+    _check_choice("undefined", undefined, UNDEFINED_POLICIES)
+    return np.where(np.isnan(values), 0.0, values) if undefined == "zero" else values
+
+
+def bootstrap_mean_ci(values, *, n_resamples: int = 2000, level: float = 0.95, undefined: str = "exclude",
+                      seed: int = 0) -> Tuple[float, float, float]:
+    """Mean of a ``(seeds, examples)`` table and its percentile bootstrap confidence interval.
+
+    Rows are training runs (seeds), columns the evaluation examples they share. Each resample
+    draws seeds *and* examples with replacement (a two-way bootstrap), so the interval covers
+    both run-to-run and example-to-example variation; with one row it is the ordinary
+    bootstrap over examples. ``nan`` entries are handled as in :func:`summarize`.
+
+    Returns:
+        ``(mean, low, high)``.
+
+    Example:
+        >>> import numpy as np
+        >>> mean, low, high = bootstrap_mean_ci(np.full((3, 50), 0.4))
+        >>> round(mean, 6), round(low, 6), round(high, 6)
+        (0.4, 0.4, 0.4)
+    """
+    table = _apply_undefined(np.atleast_2d(np.asarray(values, dtype=np.float64)), undefined)
+    mean, low, high = bootstrap_mean_cis(table[None], n_resamples=n_resamples, level=level, seed=seed)[0]
+    return float(mean), float(low), float(high)
+
+
+def bootstrap_mean_cis(tables, *, n_resamples: int = 2000, level: float = 0.95,
+                       seed: int = 0) -> np.ndarray:
+    """:func:`bootstrap_mean_ci` for ``K`` tables ``(K, seeds, examples)`` with the same resamples.
+
+    Sharing the resamples makes differences between tables paired (see
+    :func:`bootstrap_difference_ci`). ``nan`` entries are left out. Returns ``(K, 3)``:
+    mean, low, high.
+    """
+    tables = np.asarray(tables, dtype=np.float64)
+    if tables.ndim != 3 or 0 in tables.shape:
+        raise InvalidInputError(f"tables must be a non-empty (K, seeds, examples) array, got {tables.shape}.")
+    if not 0.0 < level < 1.0:
+        raise InvalidParameterError(f"level={level} must be in (0, 1).")
+    seed_weights, example_weights = _bootstrap_weights(tables.shape[1], tables.shape[2], n_resamples, seed)
+    finite = np.isfinite(tables)
+    filled = np.where(finite, tables, 0.0)
+    # Σ_s Σ_e w_s v_e t[s, e] / Σ_s Σ_e w_s v_e [t finite], for every resample at once.
+    totals = np.einsum("rs,kse,re->kr", seed_weights, filled, example_weights)
+    counts = np.einsum("rs,kse,re->kr", seed_weights, finite.astype(np.float64), example_weights)
+    means = np.divide(totals, counts, out=np.full_like(totals, np.nan), where=counts > 0)
+    n_finite = finite.sum(axis=(1, 2))
+    point = np.divide(filled.sum(axis=(1, 2)), n_finite, out=np.full(len(tables), np.nan), where=n_finite > 0)
+    tail = (1.0 - level) / 2 * 100
+    low, high = (np.nanpercentile(means, q, axis=1) if np.isfinite(means).any() else np.full(len(means), np.nan)
+                 for q in (tail, 100 - tail))
+    return np.stack([point, low, high], axis=1)
+
+
+def bootstrap_difference_ci(treated, baseline, *, n_resamples: int = 2000, level: float = 0.95,
+                            seed: int = 0) -> Tuple[float, float, float]:
+    """Mean of ``treated − baseline`` (two ``(seeds, examples)`` tables) with a paired bootstrap CI.
+
+    Example:
+        >>> import numpy as np
+        >>> base = np.arange(12.0).reshape(2, 6)
+        >>> tuple(round(v, 6) for v in bootstrap_difference_ci(base + 0.25, base))
+        (0.25, 0.25, 0.25)
+    """
+    treated = np.asarray(treated, dtype=np.float64)
+    baseline = np.asarray(baseline, dtype=np.float64)
+    if treated.shape != baseline.shape:
+        raise InvalidInputError(f"treated and baseline must have the same shape, got {treated.shape} and "
+                                f"{baseline.shape}.")
+    return tuple(float(v) for v in bootstrap_mean_cis((treated - baseline)[None], n_resamples=n_resamples,
+                                                      level=level, seed=seed)[0])
+
+
+def _bootstrap_weights(n_seeds: int, n_examples: int, n_resamples: int, seed: int):
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, Integral) or n_resamples < 1:
+        raise InvalidParameterError(f"n_resamples must be a positive int, got {n_resamples!r}.")
+    rng = np.random.default_rng(seed)
+    # Multinomial counts = how often each seed / example is drawn in a resample.
+    seed_weights = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=n_resamples).astype(np.float64)
+    example_weights = rng.multinomial(n_examples, np.full(n_examples, 1.0 / n_examples),
+                                      size=n_resamples).astype(np.float64)
+    return seed_weights, example_weights
 
 
 # --------------------------------------------------------------------------- model outputs
@@ -231,8 +373,14 @@ class BlankOut(Attribution):
 
     Args:
         forward_func: model or function of ``(input_ids, *additional_forward_args)``.
-        unk_token_id: the id that replaces a token (``tokenizer.unk_token_id``).
+        unk_token_id: the id that replaces a token (``tokenizer.unk_token_id``; the authors'
+            SVA code used ``[UNK]`` in one version and the padding id 0 in another).
         output_type: ``"logits"`` (softmax applied) or ``"probs"``.
+        unscored_token_ids: ids whose score is 0 instead of their blank-out change (the
+            authors' SVA code gives its end-of-sentence token 0 instead of blanking it).
+
+    Which class is tracked is ``attribute``'s ``target``: the gold class, or None for the
+    predicted one. (With two classes both give the same scores: ``|Δp_0| = |Δp_1|``.)
 
     Example:
         >>> import torch
@@ -243,12 +391,16 @@ class BlankOut(Attribution):
         torch.Size([1, 2])
     """
 
-    def __init__(self, forward_func: Callable, unk_token_id: int, *, output_type: str = "logits") -> None:
+    def __init__(self, forward_func: Callable, unk_token_id: int, *, output_type: str = "logits",
+                 unscored_token_ids: Sequence[int] = ()) -> None:
         if isinstance(unk_token_id, bool) or not isinstance(unk_token_id, Integral):
             raise InvalidParameterError(f"unk_token_id must be an int, got {unk_token_id!r}.")
+        if any(isinstance(i, bool) or not isinstance(i, Integral) for i in unscored_token_ids):
+            raise InvalidParameterError(f"unscored_token_ids must be ints, got {tuple(unscored_token_ids)!r}.")
         super().__init__(probability_forward(forward_func, output_type))
         self.unk_token_id = int(unk_token_id)
         self.output_type = output_type
+        self.unscored_token_ids = tuple(int(i) for i in unscored_token_ids)
 
     def attribute(self, inputs: torch.Tensor, target=None, additional_forward_args=None, *,
                   perturbations_per_eval: int = 1, show_progress: bool = False) -> torch.Tensor:
@@ -277,6 +429,9 @@ class BlankOut(Attribution):
                                         perturbations_per_eval=perturbations_per_eval,
                                         show_progress=show_progress)
         scores = deltas.abs().float()
+        if self.unscored_token_ids:
+            unscored = torch.isin(inputs, torch.tensor(self.unscored_token_ids, device=inputs.device))
+            scores = scores.masked_fill(unscored, 0.0)
         return (scores,) if is_tuple else scores
 
     def has_convergence_delta(self) -> bool:

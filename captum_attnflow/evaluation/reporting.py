@@ -40,13 +40,16 @@ class EvaluationResult:
         self.per_example = per_example if per_example is not None else {}
 
     @classmethod
-    def from_values(cls, per_example: Dict[tuple, np.ndarray]) -> "EvaluationResult":
-        """Summarise ``{(metric, reference, method, layer): values}`` into rows, keeping key order."""
+    def from_values(cls, per_example: Dict[tuple, np.ndarray], *, undefined: str = "exclude") -> "EvaluationResult":
+        """Summarise ``{(metric, reference, method, layer): values}`` into rows, keeping key order.
+
+        ``undefined``: how ``nan`` values count, see :func:`~captum_attnflow.evaluation.metrics.summarize`.
+        """
         from captum_attnflow.evaluation.metrics import summarize
 
         rows = []
         for (metric, reference, method, layer), values in per_example.items():
-            mean, std, n = summarize(values)
+            mean, std, n = summarize(values, undefined=undefined)
             rows.append(dict(zip(COLUMNS, (metric, reference, method, layer, mean, std, n))))
         return cls(rows, {key: np.asarray(v, dtype=np.float64) for key, v in per_example.items()})
 
