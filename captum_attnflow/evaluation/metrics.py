@@ -249,33 +249,46 @@ def bootstrap_mean_cis(tables, *, n_resamples: int = 2000, level: float = 0.95,
                        seed: int = 0) -> np.ndarray:
     """:func:`bootstrap_mean_ci` for ``K`` tables ``(K, seeds, examples)`` with the same resamples.
 
-    Sharing the resamples makes differences between tables paired (see
-    :func:`bootstrap_difference_ci`). ``nan`` entries are left out. Returns ``(K, 3)``:
-    mean, low, high.
+    ``nan`` entries are left out. Returns ``(K, 3)``: mean, low, high.
+    """
+    point, resampled = bootstrap_means(tables, n_resamples=n_resamples, seed=seed)
+    low, high = _percentile_interval(resampled, level)
+    return np.stack([point, low, high], axis=1)
+
+
+def bootstrap_means(tables, *, n_resamples: int = 2000, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Means of ``K`` tables ``(K, seeds, examples)`` and their two-way bootstrap resamples.
+
+    Every table is resampled with the *same* draws of seeds and examples, so differences
+    between tables (e.g. one protocol choice switched) are paired. ``nan`` entries are left
+    out of every mean.
+
+    Returns:
+        ``(point (K,), resampled (K, n_resamples))``; a resample without any finite entry is ``nan``.
     """
     tables = np.asarray(tables, dtype=np.float64)
     if tables.ndim != 3 or 0 in tables.shape:
         raise InvalidInputError(f"tables must be a non-empty (K, seeds, examples) array, got {tables.shape}.")
-    if not 0.0 < level < 1.0:
-        raise InvalidParameterError(f"level={level} must be in (0, 1).")
     seed_weights, example_weights = _bootstrap_weights(tables.shape[1], tables.shape[2], n_resamples, seed)
     finite = np.isfinite(tables)
     filled = np.where(finite, tables, 0.0)
-    # Σ_s Σ_e w_s v_e t[s, e] / Σ_s Σ_e w_s v_e [t finite], for every resample at once.
-    totals = np.einsum("rs,kse,re->kr", seed_weights, filled, example_weights)
-    counts = np.einsum("rs,kse,re->kr", seed_weights, finite.astype(np.float64), example_weights)
-    means = np.divide(totals, counts, out=np.full_like(totals, np.nan), where=counts > 0)
+    resampled = np.empty((len(tables), n_resamples))
+    for k in range(len(tables)):
+        # Σ_s Σ_e w_s v_e t[s, e] / Σ_s Σ_e w_s v_e [t finite], for every resample at once.
+        totals = ((seed_weights @ filled[k]) * example_weights).sum(axis=1)
+        counts = ((seed_weights @ finite[k]) * example_weights).sum(axis=1)
+        resampled[k] = np.divide(totals, counts, out=np.full(n_resamples, np.nan), where=counts > 0)
     n_finite = finite.sum(axis=(1, 2))
     point = np.divide(filled.sum(axis=(1, 2)), n_finite, out=np.full(len(tables), np.nan), where=n_finite > 0)
-    tail = (1.0 - level) / 2 * 100
-    low, high = (np.nanpercentile(means, q, axis=1) if np.isfinite(means).any() else np.full(len(means), np.nan)
-                 for q in (tail, 100 - tail))
-    return np.stack([point, low, high], axis=1)
+    return point, resampled
 
 
 def bootstrap_difference_ci(treated, baseline, *, n_resamples: int = 2000, level: float = 0.95,
                             seed: int = 0) -> Tuple[float, float, float]:
-    """Mean of ``treated − baseline`` (two ``(seeds, examples)`` tables) with a paired bootstrap CI.
+    """``mean(treated) − mean(baseline)`` of two ``(seeds, examples)`` tables, with a paired bootstrap CI.
+
+    Both tables are resampled with the same seeds and examples; ``nan`` entries are left out
+    of each mean (so the two may average different examples).
 
     Example:
         >>> import numpy as np
@@ -288,8 +301,20 @@ def bootstrap_difference_ci(treated, baseline, *, n_resamples: int = 2000, level
     if treated.shape != baseline.shape:
         raise InvalidInputError(f"treated and baseline must have the same shape, got {treated.shape} and "
                                 f"{baseline.shape}.")
-    return tuple(float(v) for v in bootstrap_mean_cis((treated - baseline)[None], n_resamples=n_resamples,
-                                                      level=level, seed=seed)[0])
+    point, resampled = bootstrap_means(np.stack([treated, baseline]), n_resamples=n_resamples, seed=seed)
+    low, high = _percentile_interval((resampled[0] - resampled[1])[None], level)
+    return float(point[0] - point[1]), float(low[0]), float(high[0])
+
+
+def _percentile_interval(resampled: np.ndarray, level: float) -> Tuple[np.ndarray, np.ndarray]:
+    if not 0.0 < level < 1.0:
+        raise InvalidParameterError(f"level={level} must be in (0, 1).")
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.full(len(resampled), np.nan), np.full(len(resampled), np.nan)
+    defined = np.isfinite(resampled).any(axis=1)
+    if defined.any():
+        low[defined], high[defined] = np.nanpercentile(resampled[defined], [tail, 100 - tail], axis=1)
+    return low, high
 
 
 def _bootstrap_weights(n_seeds: int, n_examples: int, n_resamples: int, seed: int):

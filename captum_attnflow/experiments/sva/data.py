@@ -24,8 +24,8 @@ CLONE_DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "linzen_sva"
 #: Group name -> file. The attractor groups are named by their attractor count.
 GROUP_FILES = {"random": "numpred.val", **{str(k): f"numpred.test.{k}" for k in range(1, 6)}}
 LABELS = ("VBZ", "VBP")  # index 0 = singular, 1 = plural
-CLS, PAD, UNK = "[CLS]", "[PAD]", "[UNK]"
-SPECIAL_TOKENS = (PAD, CLS, UNK)  # PAD first so that its id is 0
+CLS, PAD, UNK, EOS = "[CLS]", "[PAD]", "[UNK]", "[EOS]"
+SPECIAL_TOKENS = (PAD, CLS, UNK, EOS)  # PAD first so that its id is 0
 
 
 @dataclass(frozen=True)
@@ -159,15 +159,19 @@ class Vocabulary:
     def unk_id(self) -> int:
         return self.stoi[UNK]
 
-    def encode(self, tokens: Sequence[str]) -> List[int]:
-        """``[CLS]`` followed by the token ids."""
-        return [self.cls_id] + [self.stoi.get(t, self.unk_id) for t in tokens]
+    @property
+    def eos_id(self) -> int:
+        return self.stoi[EOS]
+
+    def encode(self, tokens: Sequence[str], end_token: bool = False) -> List[int]:
+        """``[CLS]`` followed by the token ids, then ``[EOS]`` if ``end_token``."""
+        return [self.cls_id] + [self.stoi.get(t, self.unk_id) for t in tokens] + [self.eos_id] * end_token
 
 
-def collate(examples: Sequence[Example], vocab: Vocabulary,
-            max_len: Optional[int] = None) -> Dict[str, torch.Tensor]:
+def collate(examples: Sequence[Example], vocab: Vocabulary, max_len: Optional[int] = None,
+            end_token: bool = False) -> Dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` (1 = real token) and ``labels``."""
-    encoded = [vocab.encode(ex.tokens) for ex in examples]
+    encoded = [vocab.encode(ex.tokens, end_token) for ex in examples]
     if max_len is not None:
         encoded = [ids[:max_len] for ids in encoded]
     width = max(len(ids) for ids in encoded)

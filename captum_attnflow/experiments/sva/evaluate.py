@@ -1,204 +1,203 @@
-"""Score tokens with raw attention, rollout and flow, and correlate with reference attributions.
+"""Per-example correlations between attention scores and reference attributions on one trained model.
 
 Abnar & Zuidema (2020), Sec. 5, Tables 1–2: for every held-out example and every layer, the
-Spearman rank correlation between the attention-based scores of the ``[CLS]`` token over the
-inputs and the token importance given by blank-out (Table 1) or input gradients (Table 2).
-We add integrated gradients as a third reference.
+Spearman correlation between the attention-based relevance of the inputs (raw attention,
+rollout, flow) and their importance by blank-out (Table 1) or input gradients (Table 2); we
+add integrated gradients as a third reference. Every choice that differs between the
+protocols (see :mod:`~captum_attnflow.experiments.sva.protocol`) is computed once per
+batch, so any number of configurations is correlated from the same model outputs.
 """
 
 import time
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from captum.attr import FeatureAblation, LayerIntegratedGradients, Saliency
+from captum.attr import LayerIntegratedGradients
 from tqdm.auto import tqdm
 
-from captum_attnflow.evaluation import per_example_spearman
+from captum_attnflow.evaluation import BlankOut, InputGradients, per_example_spearman, reduce_output_positions
 from captum_attnflow.experiments.sva.data import Example, Vocabulary, collate
 from captum_attnflow.experiments.sva.model import SvaTransformer
-from captum_attnflow.experiments.sva.train import (
-    CHECKPOINT_NAME,
-    accuracy_by_group,
-    load_checkpoint,
-    prepare_data,
-)
-from captum_attnflow.functional import FLOW_BACKENDS, attention_flow, attention_rollout, fuse_heads
+from captum_attnflow.experiments.sva.protocol import CLS_VARIANTS, EvaluationChoices
+from captum_attnflow.functional import attention_flow, attention_rollout, fuse_heads
 
-METHODS = ("raw", "rollout", "flow")
-REFERENCES = ("blank_out", "input_gradients", "integrated_gradients")
 IG_STEPS = 32
+RELEVANCES = {"cls": "row", "max": "max", "mean": "mean"}
+#: Cell key: (cls variant, reference, method, layer numbered from 1).
+Cell = Tuple[str, str, str, int]
 
 
 class ProbabilityModel(torch.nn.Module):
-    """Wraps :class:`SvaTransformer` to return class probabilities (what Captum explains)."""
+    """Wraps :class:`SvaTransformer` to return class probabilities (what the references explain)."""
 
     def __init__(self, model: SvaTransformer):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
-        logits = self.model(input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds)
-        return logits.softmax(dim=-1)
+    def forward(self, input_ids, attention_mask=None):
+        return self.model(input_ids, attention_mask=attention_mask).softmax(dim=-1)
 
 
-def attention_scores(attentions: Sequence[torch.Tensor],
-                     attention_mask: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """``{"raw", "rollout": (L, B, S)}``: the ``[CLS]`` row over the inputs after each layer."""
-    return {
-        "raw": torch.stack([fuse_heads(layer)[:, 0] for layer in attentions]),
-        "rollout": attention_rollout(attentions, attention_mask=attention_mask)[:, :, 0],
-    }
+@dataclass
+class BatchScores:
+    """Everything the configurations choose from, for one batch."""
+
+    methods: Dict[str, Dict[str, torch.Tensor]]  # relevance -> method -> (L, B, S)
+    references: Dict[tuple, torch.Tensor]  # (reference, *choices) -> (B, S)
+    real: torch.Tensor  # (B, S) bool
+    end_token: torch.Tensor  # (B, S) bool, the [EOS] positions
 
 
-def flow_scores(attentions: Sequence[torch.Tensor], attention_mask: torch.Tensor,
-                backend: str = "auto") -> torch.Tensor:
-    """``(L, B, S)`` attention flow from ``[CLS]`` after each layer to the inputs."""
-    # allow_large: the batch size here already bounds each call; we want every example.
-    return torch.stack([
-        attention_flow(attentions, output_positions=0, layer=layer, attention_mask=attention_mask,
-                       backend=backend, allow_large=True)
+def attention_matrices(model: SvaTransformer, input_ids: torch.Tensor, mask: torch.Tensor,
+                       flow_backend: str, timings: Dict[str, float]) -> Dict[str, torch.Tensor]:
+    """``{"raw", "rollout", "flow": (L, B, S, S)}``: every output row after every layer."""
+    tick = time.perf_counter()
+    with torch.no_grad():
+        _, attentions = model(input_ids, attention_mask=mask, output_attentions=True)
+    matrices = {"raw": torch.stack([fuse_heads(layer) for layer in attentions]),
+                "rollout": attention_rollout(attentions, attention_mask=mask)}
+    timings["attention"] += time.perf_counter() - tick
+    tick = time.perf_counter()
+    every_row = list(range(input_ids.shape[1]))
+    # allow_large: the batch size bounds each call; every example is wanted.
+    matrices["flow"] = torch.stack([
+        attention_flow(attentions, output_positions=every_row, layer=layer, attention_mask=mask,
+                       backend=flow_backend, allow_large=True)
         for layer in range(len(attentions))])
+    timings["flow"] += time.perf_counter() - tick
+    return matrices
 
 
-def reference_scores(model: SvaTransformer, batch: Dict[str, torch.Tensor],
-                     vocab: Vocabulary) -> Dict[str, torch.Tensor]:
-    """``{reference: (B, S)}`` token importance for the probability of the correct class."""
+def method_scores(matrices: Mapping[str, torch.Tensor], real: torch.Tensor) -> Dict[str, Dict[str, torch.Tensor]]:
+    """``{relevance: {method: (L, B, S)}}`` for every relevance choice (``[CLS]`` row, max, mean)."""
+    return {relevance: {method: reduce_output_positions(matrix.float(), reduction, row=0, output_mask=real)
+                        for method, matrix in matrices.items()}
+            for relevance, reduction in RELEVANCES.items()}
+
+
+def reference_scores(model: SvaTransformer, batch: Dict[str, torch.Tensor], vocab: Vocabulary,
+                     end_token: bool) -> Dict[tuple, torch.Tensor]:
+    """Every reference variant the configurations use, ``(B, S)`` each, for the gold class.
+
+    Blank-out replaces a token by ``[UNK]`` or ``[PAD]`` (an ``[EOS]`` scores 0, as in the
+    authors' code); with two classes the predicted class gives the same ``|Δp|``, computed
+    once for ``[UNK]`` to show it. Input gradients are taken at ``model.embeddings`` (token +
+    position, the authors' "input"); integrated gradients at the token embeddings from an
+    all-``[UNK]`` input that keeps ``[CLS]``, ``[EOS]`` and padding.
+    """
     wrapped = ProbabilityModel(model)
     input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    seq_len = input_ids.shape[1]
-
-    # Blank-out: every position is its own feature (Captum's default mask for a tensor input),
-    # replaced by [UNK]; |p(correct) before − after|.
-    ablation = FeatureAblation(lambda ids, m: wrapped(ids, attention_mask=m))
-    blank_out = ablation.attribute(input_ids, baselines=vocab.unk_id, target=labels,
-                                   additional_forward_args=(mask,), perturbations_per_eval=seq_len).abs()
-
-    # Input gradients: L2 norm over the hidden dim of d p(correct) / d token embedding.
-    embeddings = model.get_input_embeddings()(input_ids).detach().requires_grad_()
-    saliency = Saliency(lambda emb, m: wrapped(attention_mask=m, inputs_embeds=emb))
-    gradients = saliency.attribute(embeddings, target=labels, additional_forward_args=(mask,),
-                                   abs=False).norm(dim=-1)
-
-    # Integrated gradients on the embedding layer from an all-[UNK] input (same [CLS] and
-    # padding), summed over the hidden dim, absolute value.
-    baseline_ids = torch.where((mask.bool()) & (input_ids != vocab.cls_id),
-                               torch.full_like(input_ids, vocab.unk_id), input_ids)
-    integrated = LayerIntegratedGradients(lambda ids, m: wrapped(ids, attention_mask=m),
-                                          model.get_input_embeddings())
-    ig = integrated.attribute(input_ids, baselines=baseline_ids, target=labels,
-                              additional_forward_args=(mask,), n_steps=IG_STEPS,
-                              internal_batch_size=IG_STEPS * input_ids.shape[0])
-    return {"blank_out": blank_out.detach(), "input_gradients": gradients.detach(),
-            "integrated_gradients": ig.sum(dim=-1).abs().detach()}
-
-
-def correlate_batch(method_scores: Dict[str, torch.Tensor], references: Dict[str, torch.Tensor],
-                    token_mask: np.ndarray) -> Dict[tuple, np.ndarray]:
-    """``{(reference, method, layer): (B,) correlations}`` with layers numbered from 1."""
+    args, seq_len = (mask,), input_ids.shape[1]
+    unscored = (vocab.eos_id,) if end_token else ()
     result = {}
-    for reference, ref_values in references.items():
-        for method, values in method_scores.items():
-            for layer in range(values.shape[0]):
-                result[(reference, method, layer + 1)] = per_example_spearman(
-                    values[layer], ref_values, torch.from_numpy(token_mask))
+    for name, replacement, target in (("unk", vocab.unk_id, labels), ("pad", vocab.pad_id, labels),
+                                      ("unk", vocab.unk_id, None)):
+        blank = BlankOut(wrapped, replacement, output_type="probs", unscored_token_ids=unscored)
+        scores = blank.attribute(input_ids, target=target, additional_forward_args=args,
+                                 perturbations_per_eval=seq_len)
+        result[("blank_out", name, "gold" if target is not None else "predicted")] = scores
+    for reducer in ("l2", "sum_abs", "grad_x_input"):
+        gradients = InputGradients(wrapped, model.embeddings, reducer=reducer)
+        result[("input_gradients", reducer)] = gradients.attribute(input_ids, target=labels,
+                                                                   additional_forward_args=args)
+    keep = (~mask.bool()) | (input_ids == vocab.cls_id) | (input_ids == vocab.eos_id)
+    baseline_ids = torch.where(keep, input_ids, torch.full_like(input_ids, vocab.unk_id))
+    integrated = LayerIntegratedGradients(wrapped, model.get_input_embeddings())
+    ig = integrated.attribute(input_ids, baselines=baseline_ids, target=labels, additional_forward_args=args,
+                              n_steps=IG_STEPS, internal_batch_size=IG_STEPS * input_ids.shape[0])
+    result[("integrated_gradients",)] = ig.sum(dim=-1).abs().detach()
+    return result
+
+
+def ranked_tokens(scores: BatchScores, choices: EvaluationChoices) -> Dict[str, torch.Tensor]:
+    """``{cls variant: (B, S) bool}``: the tokens each correlation ranks."""
+    ranked = scores.real.clone()
+    if not choices.rank_end_token:
+        ranked &= ~scores.end_token
+    without_cls = ranked.clone()
+    without_cls[:, 0] = False
+    return {"with_cls": ranked, "without_cls": without_cls}
+
+
+def chosen_references(scores: BatchScores, choices: EvaluationChoices) -> Dict[str, torch.Tensor]:
+    return {"blank_out": scores.references[("blank_out", choices.blank_out_id, choices.blank_out_class)],
+            "input_gradients": scores.references[("input_gradients", choices.gradient_reducer)],
+            "integrated_gradients": scores.references[("integrated_gradients",)]}
+
+
+def correlate(scores: BatchScores, choices: EvaluationChoices) -> Dict[Cell, np.ndarray]:
+    """``{(cls variant, reference, method, layer): (B,)}`` Spearman correlations (``nan`` if undefined)."""
+    result = {}
+    references = chosen_references(scores, choices)
+    for variant, tokens in ranked_tokens(scores, choices).items():
+        for reference, reference_values in references.items():
+            for method, values in scores.methods[choices.relevance].items():
+                for layer in range(values.shape[0]):
+                    result[(variant, reference, method, layer + 1)] = per_example_spearman(
+                        values[layer], reference_values, tokens, ranks=choices.ranks, formula=choices.formula)
     return result
 
 
 def _length_sorted_batches(examples: Sequence[Example], batch_size: int) -> List[List[int]]:
-    # Batching examples of similar length avoids computing on padding (most cost here).
+    # Batching examples of similar length avoids computing on padding (most of the cost here).
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].tokens))
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def _token_masks(attention_mask: torch.Tensor) -> Dict[str, np.ndarray]:
-    real = attention_mask.bool().numpy()
-    inputs_only = real.copy()
-    inputs_only[:, 0] = False  # the variant: input tokens only, [CLS] not ranked
-    return {"without_cls": inputs_only, "with_cls": real}
+def evaluate_examples(model: SvaTransformer, vocab: Vocabulary, examples: Sequence[Example],
+                      configurations: Mapping[str, EvaluationChoices], *, end_token: bool,
+                      batch_size: int = 32, flow_backend: str = "auto", progress: bool = True) -> dict:
+    """Correlations of every configuration for every example (in the order of ``examples``).
 
-
-def evaluate_examples(model: SvaTransformer, vocab: Vocabulary, examples: Sequence[Example], *,
-                      n_flow: Optional[int] = None, batch_size: int = 32, flow_backend: str = "auto",
-                      progress: bool = True) -> dict:
-    """Per-example correlations (over input tokens without and with ``[CLS]``) and timings.
-
-    Flow runs on the first ``n_flow`` examples only (all when None), since it is the slow part.
-    Correlations are returned in length-sorted order (flow's only for its examples).
+    Returns ``{"correlations": {configuration: {cell: (N,) array}}, "groups": (N,) str array,
+    "timings": seconds per stage}``.
     """
-    n_flow = len(examples) if n_flow is None else min(n_flow, len(examples))
-    stores: Dict[str, Dict[tuple, List[np.ndarray]]] = {"without_cls": {}, "with_cls": {}}
-    timings = {"attention": 0.0, "flow": 0.0, "references": 0.0}
-    for indices in tqdm(_length_sorted_batches(examples, batch_size), desc="evaluate",
-                        disable=not progress, mininterval=5):
-        batch = collate([examples[i] for i in indices], vocab)
-        mask = batch["attention_mask"]
+    model.eval()
+    n = len(examples)
+    correlations: Dict[str, Dict[Cell, np.ndarray]] = {name: {} for name in configurations}
+    timings = {"attention": 0.0, "flow": 0.0, "references": 0.0, "correlations": 0.0}
+    for indices in tqdm(_length_sorted_batches(examples, batch_size), desc="evaluate", disable=not progress,
+                        mininterval=5):
+        batch = collate([examples[i] for i in indices], vocab, end_token=end_token)
+        scores = _batch_scores(model, batch, vocab, end_token, flow_backend, timings)
         tick = time.perf_counter()
-        with torch.no_grad():
-            _, attentions = model(batch["input_ids"], attention_mask=mask, output_attentions=True)
-        scores = attention_scores(attentions, mask)
-        timings["attention"] += time.perf_counter() - tick
-        flow_rows = torch.tensor([row for row, i in enumerate(indices) if i < n_flow], dtype=torch.long)
-        if len(flow_rows):
-            tick = time.perf_counter()
-            flow = flow_scores([layer[flow_rows] for layer in attentions], mask[flow_rows], flow_backend)
-            timings["flow"] += time.perf_counter() - tick
-        tick = time.perf_counter()
-        references = reference_scores(model, batch, vocab)
-        timings["references"] += time.perf_counter() - tick
-
-        for variant, token_mask in _token_masks(mask).items():
-            for key, values in correlate_batch(scores, references, token_mask).items():
-                stores[variant].setdefault(key, []).append(values)
-            if len(flow_rows):
-                flow_refs = {name: ref[flow_rows] for name, ref in references.items()}
-                for key, values in correlate_batch({"flow": flow}, flow_refs,
-                                                   token_mask[flow_rows.numpy()]).items():
-                    stores[variant].setdefault(key, []).append(values)
-    result = {variant: {key: np.concatenate(values) for key, values in store.items()}
-              for variant, store in stores.items()}
-    return {**result, "timings": timings, "n_examples": len(examples), "n_flow": n_flow}
+        for name, choices in configurations.items():
+            for cell, values in correlate(scores, choices).items():
+                correlations[name].setdefault(cell, np.full(n, np.nan))[indices] = values
+        timings["correlations"] += time.perf_counter() - tick
+    groups = np.array([example.group for example in examples])
+    return {"correlations": correlations, "groups": groups, "timings": timings}
 
 
-def summarize(correlations: Dict[tuple, np.ndarray]) -> List[dict]:
-    """Rows ``reference, method, layer, mean, std, n`` (NaN correlations left out)."""
-    rows = []
-    for reference in REFERENCES:
-        for method in METHODS:
-            layers = sorted(layer for ref, meth, layer in correlations if (ref, meth) == (reference, method))
-            for layer in layers:
-                values = correlations[(reference, method, layer)]
-                values = values[~np.isnan(values)]
-                rows.append({"reference": reference, "method": method, "layer": layer,
-                             "mean": float(values.mean()) if values.size else float("nan"),
-                             "std": float(values.std()) if values.size else float("nan"),
-                             "n": int(values.size)})
-    return rows
+def _batch_scores(model, batch, vocab, end_token, flow_backend, timings) -> BatchScores:
+    input_ids, mask = batch["input_ids"], batch["attention_mask"]
+    real = mask.bool()
+    matrices = attention_matrices(model, input_ids, mask, flow_backend, timings)
+    tick = time.perf_counter()
+    references = reference_scores(model, batch, vocab, end_token)
+    timings["references"] += time.perf_counter() - tick
+    return BatchScores(methods=method_scores(matrices, real), references=references, real=real,
+                       end_token=(input_ids == vocab.eos_id) & real)
 
 
-def run_evaluation(out_dir: Path, results_dir: Path, *, n_eval: Optional[int] = None,
-                   n_flow: Optional[int] = None, flow_backend: str = "auto", threads: int = 2,
-                   progress: bool = True) -> dict:
-    """Load the checkpoint, evaluate on the held-out test split, write the results files."""
-    from captum_attnflow.experiments.sva.report import write_results
+def flatten(correlations: Mapping[str, Mapping[Cell, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """``{"configuration|variant|reference|method|layer": values}`` for ``np.savez``."""
+    return {"|".join([name, *map(str, cell)]): values
+            for name, cells in correlations.items() for cell, values in cells.items()}
 
-    torch.set_num_threads(threads)
-    model, vocab, settings, train_log = load_checkpoint(Path(out_dir) / CHECKPOINT_NAME)
-    split, _ = prepare_data(settings)  # same seed -> same split as in training
-    test = split.test if n_eval is None else split.test[:n_eval]
-    start = time.perf_counter()
-    accuracy = accuracy_by_group(model, split.test, vocab)
-    evaluation = evaluate_examples(model, vocab, test, n_flow=n_flow, flow_backend=flow_backend,
-                                   progress=progress)
-    evaluation["eval_time_s"] = time.perf_counter() - start
-    # Primary: [CLS] ranked with the other tokens, the only setting in which the paper's
-    # layer-1 raw and rollout values can differ (see report.py); the other is the variant.
-    summary = {"rows": summarize(evaluation["with_cls"]),
-               "rows_without_cls": summarize(evaluation["without_cls"]),
-               "accuracy": accuracy, "train_log": train_log, "settings": settings,
-               "split": split.sizes_by_group(), "evaluation": evaluation,
-               "flow_backend": flow_backend, "flow_backends_available": list(FLOW_BACKENDS),
-               "ig_steps": IG_STEPS}
-    write_results(summary, Path(results_dir), Path(out_dir))
-    return summary
+
+def unflatten(arrays: Mapping[str, np.ndarray]) -> Dict[str, Dict[Cell, np.ndarray]]:
+    """Inverse of :func:`flatten`."""
+    result: Dict[str, Dict[Cell, np.ndarray]] = {}
+    for key, values in arrays.items():
+        name, variant, reference, method, layer = key.split("|")
+        result.setdefault(name, {})[(variant, reference, method, int(layer))] = np.asarray(values)
+    return result
+
+
+def cells_of(correlations: Mapping[Cell, np.ndarray], variant: Optional[str] = None) -> List[Cell]:
+    """The cells of one configuration, optionally one ``[CLS]`` variant, in a stable order."""
+    assert variant is None or variant in CLS_VARIANTS
+    return sorted(cell for cell in correlations if variant is None or cell[0] == variant)

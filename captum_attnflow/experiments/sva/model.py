@@ -2,7 +2,8 @@
 
 Abnar & Zuidema (2020), Sec. 2: a 6-layer Transformer encoder (GPT-2-style blocks) with 8
 heads and hidden size 128, no causal mask, a ``[CLS]`` token at position 0 whose final
-representation feeds a 2-way classifier (singular/plural verb).
+representation feeds a 2-way classifier (singular/plural verb). The dropout rates and the
+initialisation scale are options because the two protocols differ there (see ``protocol.py``).
 """
 
 import math
@@ -23,7 +24,10 @@ class SvaConfig:
     hidden_size: int = 128
     max_positions: int = 64
     num_labels: int = 2
-    dropout: float = 0.1
+    embedding_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    residual_dropout: float = 0.1
+    init_std: float = 0.02
     pad_id: int = 0
 
     def to_dict(self) -> dict:
@@ -68,11 +72,11 @@ class Block(nn.Module):
         super().__init__()
         hidden = config.hidden_size
         self.ln_attention = nn.LayerNorm(hidden)
-        self.attention = SelfAttention(hidden, config.num_heads, config.dropout)
+        self.attention = SelfAttention(hidden, config.num_heads, config.attention_dropout)
         self.ln_mlp = nn.LayerNorm(hidden)
         self.mlp = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden),
-                                 nn.Dropout(config.dropout))
-        self.dropout = nn.Dropout(config.dropout)
+                                 nn.Dropout(config.residual_dropout))
+        self.dropout = nn.Dropout(config.residual_dropout)
 
     def forward(self, hidden: torch.Tensor,
                 key_padding_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -82,52 +86,54 @@ class Block(nn.Module):
         return hidden, weights
 
 
-class SvaTransformer(nn.Module):
-    """Encoder classifier over ``[CLS] w_1 ... w_n``; logits from the ``[CLS]`` output.
+class Embeddings(nn.Module):
+    """Token plus learned position embeddings: the "input" of the authors' gradient × input."""
 
-    ``forward(input_ids, attention_mask=None, output_attentions=False, inputs_embeds=None)``
-    returns ``(B, num_labels)`` logits, or ``(logits, attentions)`` with ``attentions`` a list
-    of L tensors ``(B, H, S, S)`` when ``output_attentions=True``. ``inputs_embeds`` (token
-    embeddings, before positions are added) replaces ``input_ids`` for gradient methods.
+    def __init__(self, config: SvaConfig):
+        super().__init__()
+        self.token = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_id)
+        self.position = nn.Embedding(config.max_positions, config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return self.token(input_ids) + self.position(positions)[None]
+
+
+class SvaTransformer(nn.Module):
+    """Encoder classifier over ``[CLS] w_1 ... w_n`` (optionally ``[EOS]``); logits from ``[CLS]``.
+
+    ``forward(input_ids, attention_mask=None, output_attentions=False)`` returns
+    ``(B, num_labels)`` logits, or ``(logits, attentions)`` with ``attentions`` a list of L
+    tensors ``(B, H, S, S)`` when ``output_attentions=True``. Gradient methods attribute to
+    ``model.embeddings`` (token + position) or ``get_input_embeddings()`` (token only).
     """
 
     def __init__(self, config: SvaConfig):
         super().__init__()
         self.config = config
-        self.token_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
-                                             padding_idx=config.pad_id)
-        self.position_embeddings = nn.Embedding(config.max_positions, config.hidden_size)
-        self.dropout = nn.Dropout(config.dropout)
+        self.embeddings = Embeddings(config)
+        self.dropout = nn.Dropout(config.embedding_dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.ln_final = nn.LayerNorm(config.hidden_size)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.apply(self._init_weights)
         with torch.no_grad():  # keep [PAD]'s embedding at zero, as padding_idx intends
-            self.token_embeddings.weight[config.pad_id].zero_()
+            self.embeddings.token.weight[config.pad_id].zero_()
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        # GPT-2 initialisation: N(0, 0.02) weights, zero biases.
+    def _init_weights(self, module: nn.Module) -> None:
+        # GPT-2 initialisation: N(0, init_std) weights, zero biases.
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
+            nn.init.normal_(module.weight, std=self.config.init_std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The token embedding layer (for Captum's layer attribution methods)."""
-        return self.token_embeddings
+        return self.embeddings.token
 
-    def forward(self, input_ids: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None, output_attentions: bool = False,
-                inputs_embeds: Optional[torch.Tensor] = None,
-                ) -> Union[torch.Tensor, Tuple[torch.Tensor, List[torch.Tensor]]]:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
-        if inputs_embeds is None:
-            inputs_embeds = self.token_embeddings(input_ids)
-        seq_len = inputs_embeds.shape[1]
-        positions = torch.arange(seq_len, device=inputs_embeds.device)
-        hidden = self.dropout(inputs_embeds + self.position_embeddings(positions)[None])
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                output_attentions: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, List[torch.Tensor]]]:
+        hidden = self.dropout(self.embeddings(input_ids))
         key_padding_mask = None if attention_mask is None else attention_mask.bool()
         attentions = []
         for block in self.blocks:
