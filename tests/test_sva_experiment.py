@@ -1,13 +1,16 @@
 """Subject–verb agreement experiment: data, model, correlation helper and the --quick pipeline."""
 
 import csv
+from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 
-from captum_attnflow.experiments.sva.cli import main
+from captum_attnflow.experiments.sva.cli import build_parser, main
 from captum_attnflow.experiments.sva.data import (
     CLS,
+    EOS,
     GROUP_FILES,
     PAD,
     UNK,
@@ -18,8 +21,13 @@ from captum_attnflow.experiments.sva.data import (
     parse_line,
     split_examples,
 )
+from captum_attnflow.evaluation import per_example_spearman
+from captum_attnflow.experiments.sva.evaluate import BatchCorrelator, BatchScores, reference_keys
 from captum_attnflow.experiments.sva.model import SvaConfig, SvaTransformer
-from captum_attnflow.experiments.sva.report import CSV_COLUMNS
+from captum_attnflow.experiments.sva.protocol import AUTHORS_LOG, FACTORS, METHODS, PAPER, PROTOCOLS, configurations
+from captum_attnflow.experiments.sva.report import RESULT_COLUMNS
+from captum_attnflow.experiments.sva.runs import RunData
+from captum_attnflow.experiments.sva.tables import Selection, cell_table
 from captum_attnflow.experiments.sva.train import TrainSettings, stratified_subset
 
 
@@ -76,14 +84,17 @@ def test_stratified_subset_keeps_every_group():
 def test_vocabulary_and_collate():
     train = [Example(("a", "b", "a"), 0, "1"), Example(("a", "c"), 1, "1")]
     vocab = Vocabulary.build(train, min_count=2)
-    assert vocab.itos[:3] == [PAD, CLS, UNK] and vocab.pad_id == 0
+    assert vocab.itos[:4] == [PAD, CLS, UNK, EOS] and vocab.pad_id == 0
     assert "a" in vocab.stoi and "b" not in vocab.stoi
     assert vocab.encode(["a", "zzz"]) == [vocab.cls_id, vocab.stoi["a"], vocab.unk_id]
+    assert vocab.encode(["a"], end_token=True) == [vocab.cls_id, vocab.stoi["a"], vocab.eos_id]
     batch = collate(train, vocab)
     assert batch["input_ids"].shape == (2, 4)
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
     assert batch["input_ids"][1, 3] == vocab.pad_id
     assert batch["labels"].tolist() == [0, 1]
+    with_end = collate(train, vocab, end_token=True)
+    assert with_end["input_ids"][1].tolist() == [vocab.cls_id, vocab.stoi["a"], vocab.unk_id, vocab.eos_id, 0]
 
 
 # --------------------------------------------------------------------------- model
@@ -92,8 +103,8 @@ def test_vocabulary_and_collate():
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    return SvaTransformer(SvaConfig(vocab_size=20, num_layers=3, num_heads=2, hidden_size=16,
-                                    max_positions=12, dropout=0.0)).eval()
+    return SvaTransformer(SvaConfig(vocab_size=20, num_layers=3, num_heads=2, hidden_size=16, max_positions=12,
+                                    embedding_dropout=0.0, attention_dropout=0.0, residual_dropout=0.0)).eval()
 
 
 def test_model_shapes_and_attention_rows(tiny_model):
@@ -119,45 +130,193 @@ def test_padding_does_not_change_real_tokens(tiny_model):
         assert torch.all(with_pad[..., 5:] == 0)
 
 
-def test_inputs_embeds_matches_input_ids(tiny_model):
+def test_embeddings_are_token_plus_position(tiny_model):
     ids = torch.randint(3, 20, (2, 6))
-    embeds = tiny_model.get_input_embeddings()(ids)
-    assert torch.allclose(tiny_model(ids), tiny_model(inputs_embeds=embeds), atol=1e-6)
-    with pytest.raises(ValueError):
-        tiny_model(ids, inputs_embeds=embeds)
+    expected = tiny_model.get_input_embeddings()(ids) + tiny_model.embeddings.position.weight[:6][None]
+    assert torch.allclose(tiny_model.embeddings(ids), expected)
 
 
-# --------------------------------------------------------------------------- correlation
+def test_protocol_dropouts_reach_the_layers():
+    settings = TrainSettings.for_protocol("authors")
+    model = SvaTransformer(SvaConfig(vocab_size=10, embedding_dropout=settings.embedding_dropout,
+                                     attention_dropout=settings.attention_dropout,
+                                     residual_dropout=settings.residual_dropout, init_std=settings.init_std))
+    block = model.blocks[0]
+    assert (model.dropout.p, block.attention.dropout.p, block.dropout.p, block.mlp[-1].p) == (0.2, 0.6, 0.4, 0.4)
+    assert model.classifier.weight.std().item() == pytest.approx(0.05, rel=0.5)
 
 
 # --------------------------------------------------------------------------- pipeline
 
 
 def test_quick_settings_are_small():
-    quick = TrainSettings.quick()
+    quick = TrainSettings.for_protocol("authors", quick=True)
     assert quick.subset is not None and quick.subset <= 1000 and quick.hidden_size < 128
+    assert quick.end_token and quick.attention_dropout == 0.6  # the protocol's model choices stay
 
 
 def test_quick_pipeline_end_to_end(tmp_path):
-    assert main(["all", "--quick", "--out", str(tmp_path), "--no-progress", "--threads", "1"]) == 0
-    for name in ("checkpoint.pt", "sva.md", "sva_correlations.png", "sva_correlations.csv"):
-        assert (tmp_path / name).is_file()
-    with open(tmp_path / "sva_correlations.csv") as handle:
+    out = tmp_path / "runs"
+    argv = ["all", "--quick", "--seeds", "0", "1", "--out", str(out), "--no-progress", "--threads", "1",
+            "--bootstrap", "200"]
+    assert main(argv) == 0
+    results = out / "results"  # the default: never the committed docs/results
+    for name in ("sva.md", "sva_correlations.png", "sva_correlations.csv", "sva_ablation.csv", "sva_findings.csv"):
+        assert (results / name).is_file()
+    for protocol in ("authors", "library"):
+        for seed in (0, 1):
+            assert (out / protocol / f"seed{seed}" / "checkpoint.pt").is_file()
+    with open(results / "sva_correlations.csv") as handle:
         reader = csv.DictReader(handle)
         rows = list(reader)
-    assert tuple(reader.fieldnames) == CSV_COLUMNS
-    num_layers = TrainSettings.quick().num_layers
-    assert len(rows) == 3 * 3 * num_layers
-    assert {r["reference"] for r in rows} == {"blank_out", "input_gradients", "integrated_gradients"}
-    assert {r["method"] for r in rows} == {"raw", "rollout", "flow"}
-    assert {int(r["layer"]) for r in rows} == set(range(1, num_layers + 1))
-    assert all(int(r["n"]) > 0 and -1 <= float(r["mean"]) <= 1 for r in rows)
-    # Layer-1 flow is layer-1 rollout (normalised), so their correlations agree.
-    layer_one = {(r["reference"], r["method"]): float(r["mean"]) for r in rows if r["layer"] == "1"}
-    assert layer_one[("blank_out", "flow")] == pytest.approx(layer_one[("blank_out", "rollout")], abs=1e-9)
-    # Without [CLS], raw attention ranks the inputs like them too; with it, it does not.
-    with open(tmp_path / "sva_correlations_without_cls.csv") as handle:
-        variant = {(r["reference"], r["method"]): float(r["mean"]) for r in csv.DictReader(handle)
-                   if r["layer"] == "1"}
-    assert variant[("blank_out", "raw")] == pytest.approx(variant[("blank_out", "rollout")], abs=1e-9)
-    assert layer_one[("blank_out", "raw")] != pytest.approx(layer_one[("blank_out", "rollout")], abs=1e-3)
+    assert tuple(reader.fieldnames) == RESULT_COLUMNS
+    layers = TrainSettings.for_protocol("library", quick=True).num_layers
+    pooled = [r for r in rows if r["seed"] == "all"]
+    # library: 2 variants x 3 references x 3 methods; authors: the paper's 2 references only
+    assert len(pooled) == (2 * 3 * 3 + 2 * 2 * 3) * layers
+    assert len(rows) == 3 * len(pooled)  # pooled + one row per seed
+    for row in pooled:
+        assert float(row["ci_low"]) <= float(row["mean"]) <= float(row["ci_high"])
+    cell = {(r["protocol"], r["cls_variant"], r["reference"], r["method"], r["layer"]): float(r["mean"])
+            for r in pooled}
+    for protocol in ("authors", "library"):
+        # Layer-1 flow from [CLS] is layer-1 rollout (normalised): same ranking, same correlation.
+        assert cell[(protocol, "with_cls", "blank_out", "flow", "1")] == pytest.approx(
+            cell[(protocol, "with_cls", "blank_out", "rollout", "1")], abs=1e-9)
+    # Without [CLS] (and no end token), raw attention ranks the inputs like them too.
+    assert cell[("library", "without_cls", "blank_out", "raw", "1")] == pytest.approx(
+        cell[("library", "without_cls", "blank_out", "rollout", "1")], abs=1e-9)
+    with open(results / "sva_ablation.csv") as handle:
+        ablation = list(csv.DictReader(handle))
+    switched = {(r["protocol"], r["factor"]) for r in ablation}
+    assert ("authors", "gradient_reducer") in switched and ("authors", "model") in switched
+    assert ("library", "ranks") in switched and ("library", "rank_end_token") not in switched
+    assert not any(r["factor"] == "blank_out_class" for r in ablation)  # no effect with two classes
+    # Switching the reducer leaves blank-out cells alone.
+    assert all(float(r["delta"]) == 0 for r in ablation
+               if r["factor"] == "gradient_reducer" and r["reference"] == "blank_out")
+    markdown = (results / "sva.md").read_text()
+    assert "## The two protocols, factor by factor" in markdown and "attention_flow.ipynb@d28ddd5" in markdown
+
+
+def test_report_rebuilds_from_stored_runs_without_training(tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    assert main(["all", "--quick", "--protocol", "library", "--seeds", "3", "--out", str(out), "--no-progress",
+                 "--threads", "1", "--bootstrap", "50", "--n-eval", "30"]) == 0
+    monkeypatch.setattr("captum_attnflow.experiments.sva.cli.train_run", _fail)
+    monkeypatch.setattr("captum_attnflow.experiments.sva.cli.evaluate_run", _fail)
+    assert main(["report", "--protocol", "library", "--seeds", "3", "--out", str(out), "--results-dir",
+                 str(tmp_path / "again"), "--bootstrap", "50"]) == 0
+    assert (tmp_path / "again" / "sva.md").is_file()
+
+
+def _fail(*args, **kwargs):
+    raise AssertionError("the report must not train or evaluate")
+
+
+@pytest.mark.parametrize("bad", [["--flow-backend", "nope"], ["--n-eval", "0"], ["--seeds", "1", "1"],
+                                 ["--epochs", "0"], ["--time-budget", "-1"], ["--protocol", "mine"],
+                                 ["--data-dir", "/nonexistent/linzen"]])
+def test_bad_options_fail_before_any_work(tmp_path, monkeypatch, bad, capsys):
+    monkeypatch.setattr("captum_attnflow.experiments.sva.cli.train_run", _fail)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["all", "--quick", "--out", str(tmp_path / "runs"), *bad])
+    assert exit_info.value.code == 2
+    assert bad[0] in capsys.readouterr().err or "data" in bad[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_evaluate_without_checkpoints_says_what_to_run(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--out", str(tmp_path), "--seeds", "0"])
+    message = capsys.readouterr().err
+    assert "checkpoint.pt" in message and "train" in message
+
+
+def test_every_option_has_help():
+    for action in build_parser()._actions:
+        assert action.help, action.dest
+
+
+# --------------------------------------------------------------------------- protocol and tables
+
+
+def test_protocols_follow_the_factor_table():
+    for factor in FACTORS:
+        for name in ("library", "authors"):
+            protocol = PROTOCOLS[name]
+            expected = getattr(factor, name)
+            if factor.name == "dropout":
+                model = protocol.model
+                actual = (model.embedding_dropout, model.attention_dropout, model.residual_dropout)
+            else:
+                actual = getattr(protocol.model if factor.stage == "model" else protocol.evaluation, factor.name)
+            assert actual == expected, (name, factor.name)
+            assert expected in factor.values
+
+
+def test_variations_switch_exactly_one_factor():
+    for name, protocol in PROTOCOLS.items():
+        configs = configurations(protocol)
+        base = asdict(configs.pop("base"))
+        cross = configs.pop("cross")
+        for label, choices in configs.items():
+            changed = [key for key, value in asdict(choices).items() if value != base[key]]
+            assert changed == [label.split("=")[0]], label
+        assert cross.rank_end_token is False
+    assert "rank_end_token=False" in configurations(PROTOCOLS["authors"])
+    assert "rank_end_token=True" not in configurations(PROTOCOLS["library"])  # no end token to rank
+
+
+def test_the_authors_log_undone_matches_the_paper():
+    # The running means printed by the authors' notebook, undone, give the paper's tables back.
+    for reference, methods in AUTHORS_LOG.items():
+        for method, values in methods.items():
+            assert max(abs(a - b) for a, b in zip(values, PAPER[reference][method])) <= 0.06
+
+
+def _random_batch_scores(seed=0, batch=6, seq_len=7, layers=2):
+    generator = torch.Generator().manual_seed(seed)
+    real = torch.ones(batch, seq_len, dtype=torch.bool)
+    real[1, 5:] = False
+    real[4, 3:] = False
+    end_token = torch.zeros_like(real)
+    end_token[torch.arange(batch), real.sum(1) - 1] = True
+    tied = lambda: torch.randint(0, 4, (layers, batch, seq_len), generator=generator).float()  # noqa: E731
+    methods = {relevance: {method: tied() for method in METHODS} for relevance in ("cls", "max", "mean")}
+    references = {("blank_out", "unk", "gold"): torch.rand(batch, seq_len, generator=generator),
+                  ("blank_out", "pad", "gold"): torch.rand(batch, seq_len, generator=generator),
+                  ("integrated_gradients",): torch.rand(batch, seq_len, generator=generator)}
+    for reducer in ("l2", "sum_abs", "grad_x_input"):
+        references[("input_gradients", reducer)] = torch.randint(0, 3, (batch, seq_len), generator=generator).float()
+    return BatchScores(methods=methods, references=references, real=real, end_token=end_token)
+
+
+def test_batch_correlator_matches_per_example_spearman():
+    scores = _random_batch_scores()
+    correlator = BatchCorrelator(scores)
+    for protocol in PROTOCOLS.values():
+        for choices in configurations(protocol).values():
+            result = correlator.correlate(choices)
+            for (variant, reference, method, layer), values in result.items():
+                ranked = scores.real & (~scores.end_token if not choices.rank_end_token else scores.real)
+                if variant == "without_cls":
+                    ranked = ranked.clone()
+                    ranked[:, 0] = False
+                expected = per_example_spearman(
+                    scores.methods[choices.relevance][method][layer - 1],
+                    scores.references[reference_keys(choices)[reference]], ranked,
+                    ranks=choices.ranks, formula=choices.formula)
+                np.testing.assert_allclose(values, expected, equal_nan=True)
+
+
+def test_cell_tables_select_examples_and_count_undefined():
+    groups = np.array(["random", "1", "random"])
+    correlations = {"base": {("with_cls", "blank_out", "flow", 1): np.array([0.5, 0.9, np.nan])}}
+    run = RunData(protocol="authors", seed=0, settings=TrainSettings(), train_log={}, accuracy={}, timings={},
+                  eval_time_s=0.0, groups=groups, correlations=correlations)
+    cell = ("with_cls", "blank_out", "flow", 1)
+    assert np.allclose(cell_table([run], Selection("base", "all", "exclude"), cell), [[0.5, 0.9, np.nan]],
+                       equal_nan=True)
+    assert np.allclose(cell_table([run], Selection("base", "natural", "zero"), cell), [[0.5, np.nan, 0.0]],
+                       equal_nan=True)

@@ -132,18 +132,34 @@ def _check_choice(name: str, value, choices: Sequence[str]) -> str:
 def _row_spearman(x: np.ndarray, y: np.ndarray, ranks: str, formula: str) -> np.ndarray:
     """Spearman of each row pair of two ``(B, n)`` float64 arrays (same n for every row)."""
     _check_choice("ranks", ranks, RANK_METHODS)
+    if x.shape[1] < 2:
+        return np.full(x.shape[0], np.nan)
+    return spearman_from_ranks(rankdata(x, method=ranks, axis=1), rankdata(y, method=ranks, axis=1), formula)
+
+
+def spearman_from_ranks(rank_x: np.ndarray, rank_y: np.ndarray, formula: str = "pearson") -> np.ndarray:
+    """Spearman correlation of each row of two ``(B, n)`` arrays of ranks (e.g. from
+    :func:`scipy.stats.rankdata` with ``axis=1``); lets callers rank once and correlate often.
+
+    ``nan`` where n < 2, and for ``formula="pearson"`` where a row's ranks are all equal.
+
+    Example:
+        >>> import numpy as np
+        >>> spearman_from_ranks(np.array([[1.0, 2.0, 3.0]]), np.array([[1.0, 3.0, 2.0]]))
+        array([0.5])
+    """
     _check_choice("formula", formula, SPEARMAN_FORMULAS)
-    batch, n = x.shape
+    rank_x = np.asarray(rank_x, dtype=np.float64)
+    rank_y = np.asarray(rank_y, dtype=np.float64)
+    batch, n = rank_x.shape
     if n < 2:
         return np.full(batch, np.nan)
-    rank_x = rankdata(x, method=ranks, axis=1).astype(np.float64)
-    rank_y = rankdata(y, method=ranks, axis=1).astype(np.float64)
     if formula == "difference":
         return 1.0 - 6.0 * ((rank_x - rank_y) ** 2).sum(axis=1) / (n * (n * n - 1.0))
-    rank_x -= rank_x.mean(axis=1, keepdims=True)
-    rank_y -= rank_y.mean(axis=1, keepdims=True)
+    defined = (np.ptp(rank_x, axis=1) > 0) & (np.ptp(rank_y, axis=1) > 0)
+    rank_x = rank_x - rank_x.mean(axis=1, keepdims=True)
+    rank_y = rank_y - rank_y.mean(axis=1, keepdims=True)
     norms = np.sqrt((rank_x * rank_x).sum(axis=1) * (rank_y * rank_y).sum(axis=1))
-    defined = (np.ptp(x, axis=1) > 0) & (np.ptp(y, axis=1) > 0)
     values = np.divide((rank_x * rank_y).sum(axis=1), norms, out=np.full(batch, np.nan), where=defined)
     return np.clip(values, -1.0, 1.0)  # rounding can overshoot ±1 by an ulp
 

@@ -15,15 +15,16 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from captum.attr import LayerIntegratedGradients
+from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
-from captum_attnflow.evaluation import BlankOut, InputGradients, per_example_spearman, reduce_output_positions
+from captum_attnflow.evaluation import BlankOut, InputGradients, reduce_output_positions, spearman_from_ranks
 from captum_attnflow.experiments.sva.data import Example, Vocabulary, collate
 from captum_attnflow.experiments.sva.model import SvaTransformer
-from captum_attnflow.experiments.sva.protocol import CLS_VARIANTS, EvaluationChoices
+from captum_attnflow.experiments.sva.protocol import CLS_VARIANTS, REFERENCES, EvaluationChoices
 from captum_attnflow.functional import attention_flow, attention_rollout, fuse_heads
 
-IG_STEPS = 32
+IG_STEPS = 16  # an extra reference of ours; 16 steps keep it affordable on 2 shared cores
 RELEVANCES = {"cls": "row", "max": "max", "mean": "mean"}
 #: Cell key: (cls variant, reference, method, layer numbered from 1).
 Cell = Tuple[str, str, str, int]
@@ -78,66 +79,110 @@ def method_scores(matrices: Mapping[str, torch.Tensor], real: torch.Tensor) -> D
 
 
 def reference_scores(model: SvaTransformer, batch: Dict[str, torch.Tensor], vocab: Vocabulary,
-                     end_token: bool) -> Dict[tuple, torch.Tensor]:
-    """Every reference variant the configurations use, ``(B, S)`` each, for the gold class.
+                     end_token: bool, references: Sequence[str] = REFERENCES) -> Dict[tuple, torch.Tensor]:
+    """Every variant of ``references`` that the configurations use, ``(B, S)`` each, for the gold class.
 
     Blank-out replaces a token by ``[UNK]`` or ``[PAD]`` (an ``[EOS]`` scores 0, as in the
-    authors' code); with two classes the predicted class gives the same ``|Δp|``, computed
-    once for ``[UNK]`` to show it. Input gradients are taken at ``model.embeddings`` (token +
-    position, the authors' "input"); integrated gradients at the token embeddings from an
-    all-``[UNK]`` input that keeps ``[CLS]``, ``[EOS]`` and padding.
+    authors' code). Input gradients are taken at ``model.embeddings`` (token + position, the
+    authors' "input"), reduced three ways. Integrated gradients: at the token embeddings from
+    an all-``[UNK]`` input that keeps ``[CLS]``, ``[EOS]`` and padding.
     """
     wrapped = ProbabilityModel(model)
     input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    args, seq_len = (mask,), input_ids.shape[1]
-    unscored = (vocab.eos_id,) if end_token else ()
+    args = (mask,)
     result = {}
-    for name, replacement, target in (("unk", vocab.unk_id, labels), ("pad", vocab.pad_id, labels),
-                                      ("unk", vocab.unk_id, None)):
-        blank = BlankOut(wrapped, replacement, output_type="probs", unscored_token_ids=unscored)
-        scores = blank.attribute(input_ids, target=target, additional_forward_args=args,
-                                 perturbations_per_eval=seq_len)
-        result[("blank_out", name, "gold" if target is not None else "predicted")] = scores
-    for reducer in ("l2", "sum_abs", "grad_x_input"):
-        gradients = InputGradients(wrapped, model.embeddings, reducer=reducer)
-        result[("input_gradients", reducer)] = gradients.attribute(input_ids, target=labels,
-                                                                   additional_forward_args=args)
-    keep = (~mask.bool()) | (input_ids == vocab.cls_id) | (input_ids == vocab.eos_id)
-    baseline_ids = torch.where(keep, input_ids, torch.full_like(input_ids, vocab.unk_id))
-    integrated = LayerIntegratedGradients(wrapped, model.get_input_embeddings())
-    ig = integrated.attribute(input_ids, baselines=baseline_ids, target=labels, additional_forward_args=args,
-                              n_steps=IG_STEPS, internal_batch_size=IG_STEPS * input_ids.shape[0])
-    result[("integrated_gradients",)] = ig.sum(dim=-1).abs().detach()
+    if "blank_out" in references:
+        unscored = (vocab.eos_id,) if end_token else ()
+        for name, replacement in (("unk", vocab.unk_id), ("pad", vocab.pad_id)):
+            blank = BlankOut(wrapped, replacement, output_type="probs", unscored_token_ids=unscored)
+            result[("blank_out", name, "gold")] = blank.attribute(
+                input_ids, target=labels, additional_forward_args=args, perturbations_per_eval=input_ids.shape[1])
+    if "input_gradients" in references:
+        for reducer in ("l2", "sum_abs", "grad_x_input"):
+            gradients = InputGradients(wrapped, model.embeddings, reducer=reducer)
+            result[("input_gradients", reducer)] = gradients.attribute(input_ids, target=labels,
+                                                                       additional_forward_args=args)
+    if "integrated_gradients" in references:
+        keep = (~mask.bool()) | (input_ids == vocab.cls_id) | (input_ids == vocab.eos_id)
+        baseline_ids = torch.where(keep, input_ids, torch.full_like(input_ids, vocab.unk_id))
+        integrated = LayerIntegratedGradients(wrapped, model.get_input_embeddings())
+        ig = integrated.attribute(input_ids, baselines=baseline_ids, target=labels, additional_forward_args=args,
+                                  n_steps=IG_STEPS, internal_batch_size=IG_STEPS * input_ids.shape[0])
+        result[("integrated_gradients",)] = ig.sum(dim=-1).abs().detach()
     return result
 
 
-def ranked_tokens(scores: BatchScores, choices: EvaluationChoices) -> Dict[str, torch.Tensor]:
-    """``{cls variant: (B, S) bool}``: the tokens each correlation ranks."""
-    ranked = scores.real.clone()
-    if not choices.rank_end_token:
-        ranked &= ~scores.end_token
-    without_cls = ranked.clone()
-    without_cls[:, 0] = False
-    return {"with_cls": ranked, "without_cls": without_cls}
+def reference_keys(choices: EvaluationChoices) -> Dict[str, tuple]:
+    """``{reference: key into BatchScores.references}`` chosen by ``choices``."""
+    return {"blank_out": ("blank_out", choices.blank_out_id, choices.blank_out_class),
+            "input_gradients": ("input_gradients", choices.gradient_reducer),
+            "integrated_gradients": ("integrated_gradients",)}
 
 
-def chosen_references(scores: BatchScores, choices: EvaluationChoices) -> Dict[str, torch.Tensor]:
-    return {"blank_out": scores.references[("blank_out", choices.blank_out_id, choices.blank_out_class)],
-            "input_gradients": scores.references[("input_gradients", choices.gradient_reducer)],
-            "integrated_gradients": scores.references[("integrated_gradients",)]}
+class BatchCorrelator:
+    """Spearman correlations of one batch under many configurations.
 
+    Configurations share most score vectors, and ranking is the costly step, so every
+    (vector, ranked tokens, tie rule) is ranked once and cached; the correlation itself is
+    :func:`~captum_attnflow.evaluation.spearman_from_ranks` (as in ``per_example_spearman``).
+    """
 
-def correlate(scores: BatchScores, choices: EvaluationChoices) -> Dict[Cell, np.ndarray]:
-    """``{(cls variant, reference, method, layer): (B,)}`` Spearman correlations (``nan`` if undefined)."""
-    result = {}
-    references = chosen_references(scores, choices)
-    for variant, tokens in ranked_tokens(scores, choices).items():
-        for reference, reference_values in references.items():
-            for method, values in scores.methods[choices.relevance].items():
-                for layer in range(values.shape[0]):
-                    result[(variant, reference, method, layer + 1)] = per_example_spearman(
-                        values[layer], reference_values, tokens, ranks=choices.ranks, formula=choices.formula)
-    return result
+    def __init__(self, scores: BatchScores):
+        self.scores = scores
+        self._masks: Dict[tuple, np.ndarray] = {}
+        self._groups: Dict[tuple, List[Tuple[np.ndarray, int]]] = {}
+        self._ranks: Dict[tuple, List[Optional[np.ndarray]]] = {}
+
+    def correlate(self, choices: EvaluationChoices) -> Dict[Cell, np.ndarray]:
+        """``{(cls variant, reference, method, layer): (B,)}`` correlations (``nan`` if undefined)."""
+        result = {}
+        for variant in CLS_VARIANTS:
+            tokens = (variant, choices.rank_end_token)
+            for reference, key in reference_keys(choices).items():
+                if key not in self.scores.references:
+                    continue  # a reference this protocol does not use
+                reference_ranks = self._ranked(("reference", key), self.scores.references[key], tokens, choices.ranks)
+                for method, values in self.scores.methods[choices.relevance].items():
+                    for layer in range(values.shape[0]):
+                        method_ranks = self._ranked(("method", choices.relevance, method, layer), values[layer],
+                                                    tokens, choices.ranks)
+                        result[(variant, reference, method, layer + 1)] = self._spearman(
+                            tokens, method_ranks, reference_ranks, choices.formula)
+        return result
+
+    def _mask(self, tokens: tuple) -> np.ndarray:
+        if tokens not in self._masks:
+            variant, rank_end_token = tokens
+            ranked = self.scores.real.clone()
+            if not rank_end_token:
+                ranked &= ~self.scores.end_token
+            if variant == "without_cls":
+                ranked[:, 0] = False
+            self._masks[tokens] = ranked.numpy()
+        return self._masks[tokens]
+
+    def _length_groups(self, tokens: tuple) -> List[Tuple[np.ndarray, int]]:
+        # Rows with the same number of ranked tokens are ranked together (vectorised).
+        if tokens not in self._groups:
+            lengths = self._mask(tokens).sum(axis=1)
+            self._groups[tokens] = [(np.flatnonzero(lengths == n), int(n)) for n in np.unique(lengths)]
+        return self._groups[tokens]
+
+    def _ranked(self, key: tuple, values: torch.Tensor, tokens: tuple, ranks: str) -> List[Optional[np.ndarray]]:
+        cache_key = (key, tokens, ranks)
+        if cache_key not in self._ranks:
+            array, mask = values.detach().double().numpy(), self._mask(tokens)
+            self._ranks[cache_key] = [
+                rankdata(array[rows][mask[rows]].reshape(len(rows), n), method=ranks, axis=1) if n >= 2 else None
+                for rows, n in self._length_groups(tokens)]
+        return self._ranks[cache_key]
+
+    def _spearman(self, tokens, method_ranks, reference_ranks, formula: str) -> np.ndarray:
+        result = np.full(len(self._mask(tokens)), np.nan)
+        for (rows, _), x, y in zip(self._length_groups(tokens), method_ranks, reference_ranks):
+            if x is not None:
+                result[rows] = spearman_from_ranks(x, y, formula)
+        return result
 
 
 def _length_sorted_batches(examples: Sequence[Example], batch_size: int) -> List[List[int]]:
@@ -148,7 +193,8 @@ def _length_sorted_batches(examples: Sequence[Example], batch_size: int) -> List
 
 def evaluate_examples(model: SvaTransformer, vocab: Vocabulary, examples: Sequence[Example],
                       configurations: Mapping[str, EvaluationChoices], *, end_token: bool,
-                      batch_size: int = 32, flow_backend: str = "auto", progress: bool = True) -> dict:
+                      references: Sequence[str] = REFERENCES, batch_size: int = 32, flow_backend: str = "auto",
+                      progress: bool = True) -> dict:
     """Correlations of every configuration for every example (in the order of ``examples``).
 
     Returns ``{"correlations": {configuration: {cell: (N,) array}}, "groups": (N,) str array,
@@ -161,22 +207,23 @@ def evaluate_examples(model: SvaTransformer, vocab: Vocabulary, examples: Sequen
     for indices in tqdm(_length_sorted_batches(examples, batch_size), desc="evaluate", disable=not progress,
                         mininterval=5):
         batch = collate([examples[i] for i in indices], vocab, end_token=end_token)
-        scores = _batch_scores(model, batch, vocab, end_token, flow_backend, timings)
+        scores = _batch_scores(model, batch, vocab, end_token, references, flow_backend, timings)
         tick = time.perf_counter()
+        correlator = BatchCorrelator(scores)
         for name, choices in configurations.items():
-            for cell, values in correlate(scores, choices).items():
+            for cell, values in correlator.correlate(choices).items():
                 correlations[name].setdefault(cell, np.full(n, np.nan))[indices] = values
         timings["correlations"] += time.perf_counter() - tick
     groups = np.array([example.group for example in examples])
     return {"correlations": correlations, "groups": groups, "timings": timings}
 
 
-def _batch_scores(model, batch, vocab, end_token, flow_backend, timings) -> BatchScores:
+def _batch_scores(model, batch, vocab, end_token, references, flow_backend, timings) -> BatchScores:
     input_ids, mask = batch["input_ids"], batch["attention_mask"]
     real = mask.bool()
     matrices = attention_matrices(model, input_ids, mask, flow_backend, timings)
     tick = time.perf_counter()
-    references = reference_scores(model, batch, vocab, end_token)
+    references = reference_scores(model, batch, vocab, end_token, references)
     timings["references"] += time.perf_counter() - tick
     return BatchScores(methods=method_scores(matrices, real), references=references, real=real,
                        end_token=(input_ids == vocab.eos_id) & real)
@@ -195,9 +242,3 @@ def unflatten(arrays: Mapping[str, np.ndarray]) -> Dict[str, Dict[Cell, np.ndarr
         name, variant, reference, method, layer = key.split("|")
         result.setdefault(name, {})[(variant, reference, method, int(layer))] = np.asarray(values)
     return result
-
-
-def cells_of(correlations: Mapping[Cell, np.ndarray], variant: Optional[str] = None) -> List[Cell]:
-    """The cells of one configuration, optionally one ``[CLS]`` variant, in a stable order."""
-    assert variant is None or variant in CLS_VARIANTS
-    return sorted(cell for cell in correlations if variant is None or cell[0] == variant)

@@ -93,6 +93,7 @@ class Protocol:
     name: str
     model: ModelChoices
     evaluation: EvaluationChoices
+    references: Tuple[str, ...] = REFERENCES  # integrated gradients is our extra, not the authors'
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class Factor:
     meaning: str
     source: str
     notes: str = field(default="")
+    run: bool = True  # False: not switched in the ablation (see notes)
 
 
 PROTOCOLS: Dict[str, Protocol] = {
@@ -117,7 +119,8 @@ PROTOCOLS: Dict[str, Protocol] = {
                      init_std=0.05),
         EvaluationChoices(examples="natural", rank_end_token=True, blank_out_id="unk", blank_out_class="gold",
                           gradient_reducer="sum_abs", ranks="dense", formula="difference", undefined="zero",
-                          relevance="cls")),
+                          relevance="cls"),
+        references=("blank_out", "input_gradients")),
 }
 
 D28 = "attention_flow.ipynb@d28ddd5"
@@ -148,7 +151,8 @@ FACTORS: List[Factor] = [
     Factor("blank_out_class", "evaluation", ("gold", "predicted"), "gold", "gold",
            "the class whose probability change blank-out measures",
            f"{D28} cell 3:46, 82 (`main_probs[:, y[0]]`, the gold class); cfb039e cell 15 uses the predicted one",
-           "with two classes |Δp_gold| = |Δp_predicted|: no effect here"),
+           "with two classes p₀ + p₁ = 1, so |Δp_gold| = |Δp_predicted| exactly: not switched in the ablation",
+           run=False),
     Factor("gradient_reducer", "evaluation", ("l2", "sum_abs", "grad_x_input"), "l2", "sum_abs",
            "input gradients per token: ‖g‖₂, |Σ_d g_d| or |Σ_d g_d·e_d| (e = token + position embedding)",
            f"{D28} cell 3:30-33 (g of p₀ − p₁; `abs(reduce_sum(grads))`); the authors' `inputgrad` "
@@ -200,7 +204,7 @@ def variations(base: EvaluationChoices, *, end_token: bool) -> Dict[str, Evaluat
     """
     result = {}
     for factor in FACTORS:
-        if factor.stage != "evaluation" or factor.name in ("examples", "undefined"):
+        if factor.stage != "evaluation" or not factor.run or factor.name in ("examples", "undefined"):
             continue
         if factor.name == "rank_end_token" and not end_token:
             continue

@@ -6,6 +6,7 @@ that the protocol leaves out). Confidence intervals resample seeds and examples 
 (:func:`~captum_attnflow.evaluation.bootstrap_means`); differences are paired.
 """
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -44,7 +45,8 @@ def cell_table(runs: Sequence[RunData], selection: Selection, cell: tuple) -> np
         values = np.stack([stored[(variant, reference, method, layer)] for layer in layers])
         if selection.undefined == "zero":
             values = np.nan_to_num(values, nan=0.0)
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():  # an example undefined at every averaged layer stays nan
+            warnings.simplefilter("ignore", RuntimeWarning)
             row = np.nanmean(values, axis=0) if len(layers) > 1 else values[0]
         if selection.examples == "natural":
             row = np.where(run.groups == "random", row, np.nan)
@@ -133,7 +135,7 @@ def switches(protocol: str, available: Sequence[str]) -> List[Switch]:
     evaluation = PROTOCOLS[protocol].evaluation
     result = []
     for factor in FACTORS:
-        if factor.stage != "evaluation":
+        if factor.stage != "evaluation" or not factor.run:
             continue
         for value in factor.values:
             if value == getattr(evaluation, factor.name):
@@ -174,7 +176,10 @@ def ablation_rows(runs_by_protocol: Mapping[str, Sequence[RunData]], n_resamples
         for switch in switches(protocol, list(runs_by_protocol)):
             treated_runs = runs_by_protocol[switch.treated[0]]
             check_runs_align([*runs, *treated_runs])
+            stored = treated_runs[0].correlations[switch.treated[1].config]
             for cell in cells:
+                if (*cell[:3], 1) not in stored:
+                    continue  # a reference the other protocol does not compute
                 treated = cell_table(treated_runs, switch.treated[1], cell)
                 baseline = cell_table(runs, switch.baseline[1], cell)
                 rows.append(_delta_row(switch, cell, treated, baseline, n_resamples))
