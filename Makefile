@@ -29,8 +29,9 @@ test: install
 bench: install
 	$(PY) benchmarks/bench.py
 
+# Both protocols x 3 training seeds; writes the committed docs/results (SVA_ARGS="--threads 1" on a busy machine).
 reproduce: install
-	$(PY) -m captum_attnflow.experiments.sva all
+	$(PY) -m captum_attnflow.experiments.sva all --results-dir docs/results $(SVA_ARGS)
 
 figures: install
 	$(PY) docs/make_figures.py

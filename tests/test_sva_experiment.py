@@ -320,3 +320,28 @@ def test_cell_tables_select_examples_and_count_undefined():
                        equal_nan=True)
     assert np.allclose(cell_table([run], Selection("base", "natural", "zero"), cell), [[0.5, np.nan, 0.0]],
                        equal_nan=True)
+
+
+def test_experiment_modules_import_without_cycles():
+    import ast
+    from pathlib import Path
+
+    import captum_attnflow.experiments.sva as sva
+
+    package = Path(sva.__file__).parent
+    prefix = "captum_attnflow.experiments.sva"
+    graph = {}
+    for path in package.glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(prefix):
+                names = [node.module[len(prefix) + 1:]] if node.module != prefix else [a.name for a in node.names]
+                imported.update(names)
+        graph[path.stem] = imported - {"__init__"}
+
+    def reaches(start, target, seen=()):
+        return any(dep == target or (dep not in seen and reaches(dep, target, (*seen, dep)))
+                   for dep in graph.get(start, ()))
+
+    assert {"runs", "report"} <= graph["cli"] and "tables" in graph["report"]  # the graph was read
+    assert not [module for module in graph if reaches(module, module)]

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence
 
 from captum_attnflow.experiments.sva.data import find_data_dir
 from captum_attnflow.experiments.sva.protocol import PROTOCOLS
+from captum_attnflow.experiments.sva.report import write_report
 from captum_attnflow.experiments.sva.runs import RUN_NAME, RunData, evaluate_run, load_run, run_dir, train_run
 from captum_attnflow.experiments.sva.train import CHECKPOINT_NAME, TrainSettings
 from captum_attnflow.functional import FLOW_BACKENDS
@@ -124,8 +125,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    flow_backend=args.flow_backend, threads=args.threads, progress=progress)
                 print(json.dumps({"protocol": protocol, "seed": seed, "eval_time_s": round(run.eval_time_s, 1)}))
     if args.command in ("report", "all"):
-        from captum_attnflow.experiments.sva.report import write_report
-
         runs: Dict[str, List[RunData]] = {protocol: [load_run(run_dir(args.out, protocol, seed)) for seed in args.seeds]
                                           for protocol in protocols_of(args)}
         shown = argv if argv is not None else sys.argv[1:]
