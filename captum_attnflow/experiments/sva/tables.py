@@ -203,19 +203,20 @@ def _delta_row(switch: Switch, cell: tuple, treated: np.ndarray, baseline: np.nd
 @dataclass(frozen=True)
 class Finding:
     name: str
+    label: str
     statement: str
     comparisons: Tuple[Tuple[tuple, tuple], ...]  # ((method, layer) higher, (method, layer) lower)
 
 
 #: The paper's qualitative findings (Sec. 5, Tables 1–2), each as "a > b" comparisons.
 FINDINGS = (
-    Finding("raw_layer1", "raw attention correlates best at layer 1 (above its layers 2–6)",
+    Finding("raw_layer1", "raw best at layer 1", "raw attention correlates best at layer 1 (above its layers 2–6)",
             tuple((("raw", 1), ("raw", layer)) for layer in range(2, 7))),
-    Finding("rise", "rollout and flow rise with depth (layer 6 above layer 1)",
+    Finding("rise", "rollout/flow rise", "rollout and flow rise with depth (layer 6 above layer 1)",
             ((("rollout", 6), ("rollout", 1)), (("flow", 6), ("flow", 1)))),
-    Finding("beat_raw", "from layer 2 on, rollout and flow beat raw attention",
+    Finding("beat_raw", "rollout/flow beat raw", "from layer 2 on, rollout and flow beat raw attention",
             tuple(((method, layer), ("raw", layer)) for method in ("rollout", "flow") for layer in range(2, 7))),
-    Finding("flow_faster", "flow rises faster than rollout (flow above rollout at layers 2–4)",
+    Finding("flow_faster", "flow above rollout", "flow rises faster than rollout (flow above rollout at layers 2–4)",
             tuple((("flow", layer), ("rollout", layer)) for layer in range(2, 5))),
 )
 
@@ -242,7 +243,7 @@ def finding_rows(runs_by_protocol: Mapping[str, Sequence[RunData]], n_resamples:
                               for high, low in comparisons]
                     weakest = min(deltas, key=lambda d: d[1])
                     rows.append({"protocol": protocol, "cls_variant": variant, "reference": reference,
-                                 "finding": finding.name, "statement": finding.statement,
+                                 "finding": finding.name, "label": finding.label, "statement": finding.statement,
                                  "holds": all(d[1] > 0 for d in deltas), "weakest_delta": weakest[0],
                                  "weakest_ci_low": weakest[1], "weakest_ci_high": weakest[2],
                                  "paper_holds": _paper_holds(reference, finding)})
