@@ -294,6 +294,18 @@ def test_harness_passes_rank_undefined_and_class_options():
     assert authors.select(method="ties")[0]["mean"] == pytest.approx(np.mean(expected_authors))
     assert textbook.select(method="flat")[0]["n"] == 0  # undefined: left out
     assert authors.select(method="flat")[0]["n"] == 2  # the difference formula is defined here
+    zero = AttributionEvaluator(linear_probs, methods, undefined="zero", **common).evaluate(
+        ids, targets=torch.tensor([1, 1]))
+    assert (zero.select(method="flat")[0]["mean"], zero.select(method="flat")[0]["n"]) == (0.0, 2)
+
+
+def test_undefined_zero_applies_to_correlations_only():
+    from captum_attnflow.evaluation import EvaluationResult
+
+    result = EvaluationResult.from_values({("spearman", "b", "m", None): np.array([0.5, np.nan]),
+                                           ("sufficiency", None, "m", None): np.array([0.5, np.nan])},
+                                          undefined="zero")
+    assert [(row["mean"], row["n"]) for row in result.rows] == [(0.25, 2), (0.5, 1)]
     with pytest.raises(InvalidParameterError, match="rank_method"):
         AttributionEvaluator(linear_probs, methods, rank_method="min", **common).evaluate(ids)
 

@@ -43,13 +43,14 @@ class EvaluationResult:
     def from_values(cls, per_example: Dict[tuple, np.ndarray], *, undefined: str = "exclude") -> "EvaluationResult":
         """Summarise ``{(metric, reference, method, layer): values}`` into rows, keeping key order.
 
-        ``undefined``: how ``nan`` values count, see :func:`~captum_attnflow.evaluation.metrics.summarize`.
+        ``undefined``: how ``nan`` Spearman values count (see
+        :func:`~captum_attnflow.evaluation.metrics.summarize`); other metrics always leave ``nan`` out.
         """
         from captum_attnflow.evaluation.metrics import summarize
 
         rows = []
         for (metric, reference, method, layer), values in per_example.items():
-            mean, std, n = summarize(values, undefined=undefined)
+            mean, std, n = summarize(values, undefined=undefined if metric == "spearman" else "exclude")
             rows.append(dict(zip(COLUMNS, (metric, reference, method, layer, mean, std, n))))
         return cls(rows, {key: np.asarray(v, dtype=np.float64) for key, v in per_example.items()})
 
