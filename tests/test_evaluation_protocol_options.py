@@ -297,6 +297,8 @@ def test_harness_passes_rank_undefined_and_class_options():
     zero = AttributionEvaluator(linear_probs, methods, undefined="zero", **common).evaluate(
         ids, targets=torch.tensor([1, 1]))
     assert (zero.select(method="flat")[0]["mean"], zero.select(method="flat")[0]["n"]) == (0.0, 2)
+    with pytest.raises(InvalidParameterError, match="rank_method"):
+        AttributionEvaluator(linear_probs, methods, rank_method="min", **common).evaluate(ids)
 
 
 def test_undefined_zero_applies_to_correlations_only():
@@ -306,8 +308,6 @@ def test_undefined_zero_applies_to_correlations_only():
                                            ("sufficiency", None, "m", None): np.array([0.5, np.nan])},
                                           undefined="zero")
     assert [(row["mean"], row["n"]) for row in result.rows] == [(0.25, 2), (0.5, 1)]
-    with pytest.raises(InvalidParameterError, match="rank_method"):
-        AttributionEvaluator(linear_probs, methods, rank_method="min", **common).evaluate(ids)
 
 
 def test_harness_target_class_predicted_overrides_gold_targets():
