@@ -172,8 +172,7 @@ def test_quick_pipeline_end_to_end(tmp_path):
     assert tuple(reader.fieldnames) == RESULT_COLUMNS
     layers = TrainSettings.for_protocol("library", quick=True).num_layers
     pooled = [r for r in rows if r["seed"] == "all"]
-    # library: 2 variants x 3 references x 3 methods; authors: the paper's 2 references only
-    assert len(pooled) == (2 * 3 * 3 + 2 * 2 * 3) * layers
+    assert len(pooled) == 2 * 2 * 2 * 3 * layers  # protocols x [CLS] variants x references x methods
     assert len(rows) == 3 * len(pooled)  # pooled + one row per seed
     for row in pooled:
         assert float(row["ci_low"]) <= float(row["mean"]) <= float(row["ci_high"])
@@ -285,8 +284,7 @@ def _random_batch_scores(seed=0, batch=6, seq_len=7, layers=2):
     tied = lambda: torch.randint(0, 4, (layers, batch, seq_len), generator=generator).float()  # noqa: E731
     methods = {relevance: {method: tied() for method in METHODS} for relevance in ("cls", "max", "mean")}
     references = {("blank_out", "unk", "gold"): torch.rand(batch, seq_len, generator=generator),
-                  ("blank_out", "pad", "gold"): torch.rand(batch, seq_len, generator=generator),
-                  ("integrated_gradients",): torch.rand(batch, seq_len, generator=generator)}
+                  ("blank_out", "pad", "gold"): torch.rand(batch, seq_len, generator=generator)}
     for reducer in ("l2", "sum_abs", "grad_x_input"):
         references[("input_gradients", reducer)] = torch.randint(0, 3, (batch, seq_len), generator=generator).float()
     return BatchScores(methods=methods, references=references, real=real, end_token=end_token)

@@ -2,8 +2,8 @@
 
 Abnar & Zuidema (2020), Sec. 5, Tables 1–2: for every held-out example and every layer, the
 Spearman correlation between the attention-based relevance of the inputs (raw attention,
-rollout, flow) and their importance by blank-out (Table 1) or input gradients (Table 2); we
-add integrated gradients as a third reference. Every choice that differs between the
+rollout, flow) and their importance by blank-out (Table 1) or input gradients (Table 2).
+Every choice that differs between the
 protocols (see :mod:`~captum_attnflow.experiments.sva.protocol`) is computed once per
 batch, so any number of configurations is correlated from the same model outputs.
 """
@@ -14,17 +14,15 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from captum.attr import LayerIntegratedGradients
 from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from captum_attnflow.evaluation import BlankOut, InputGradients, reduce_output_positions, spearman_from_ranks
 from captum_attnflow.experiments.sva.data import Example, Vocabulary, collate
 from captum_attnflow.experiments.sva.model import SvaTransformer
-from captum_attnflow.experiments.sva.protocol import CLS_VARIANTS, REFERENCES, EvaluationChoices
+from captum_attnflow.experiments.sva.protocol import CLS_VARIANTS, EvaluationChoices
 from captum_attnflow.functional import attention_flow, attention_rollout, fuse_heads
 
-IG_STEPS = 16  # an extra reference of ours; 16 steps keep it affordable on 2 shared cores
 RELEVANCES = {"cls": "row", "max": "max", "mean": "mean"}
 #: Cell key: (cls variant, reference, method, layer numbered from 1).
 Cell = Tuple[str, str, str, int]
@@ -79,44 +77,33 @@ def method_scores(matrices: Mapping[str, torch.Tensor], real: torch.Tensor) -> D
 
 
 def reference_scores(model: SvaTransformer, batch: Dict[str, torch.Tensor], vocab: Vocabulary,
-                     end_token: bool, references: Sequence[str] = REFERENCES) -> Dict[tuple, torch.Tensor]:
-    """Every variant of ``references`` that the configurations use, ``(B, S)`` each, for the gold class.
+                     end_token: bool) -> Dict[tuple, torch.Tensor]:
+    """Every reference variant the configurations use, ``(B, S)`` each, for the gold class.
 
     Blank-out replaces a token by ``[UNK]`` or ``[PAD]`` (an ``[EOS]`` scores 0, as in the
     authors' code). Input gradients are taken at ``model.embeddings`` (token + position, the
-    authors' "input"), reduced three ways. Integrated gradients: at the token embeddings from
-    an all-``[UNK]`` input that keeps ``[CLS]``, ``[EOS]`` and padding.
+    authors' "input"), reduced three ways.
     """
     wrapped = ProbabilityModel(model)
     input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     args = (mask,)
+    unscored = (vocab.eos_id,) if end_token else ()
     result = {}
-    if "blank_out" in references:
-        unscored = (vocab.eos_id,) if end_token else ()
-        for name, replacement in (("unk", vocab.unk_id), ("pad", vocab.pad_id)):
-            blank = BlankOut(wrapped, replacement, output_type="probs", unscored_token_ids=unscored)
-            result[("blank_out", name, "gold")] = blank.attribute(
-                input_ids, target=labels, additional_forward_args=args, perturbations_per_eval=input_ids.shape[1])
-    if "input_gradients" in references:
-        for reducer in ("l2", "sum_abs", "grad_x_input"):
-            gradients = InputGradients(wrapped, model.embeddings, reducer=reducer)
-            result[("input_gradients", reducer)] = gradients.attribute(input_ids, target=labels,
-                                                                       additional_forward_args=args)
-    if "integrated_gradients" in references:
-        keep = (~mask.bool()) | (input_ids == vocab.cls_id) | (input_ids == vocab.eos_id)
-        baseline_ids = torch.where(keep, input_ids, torch.full_like(input_ids, vocab.unk_id))
-        integrated = LayerIntegratedGradients(wrapped, model.get_input_embeddings())
-        ig = integrated.attribute(input_ids, baselines=baseline_ids, target=labels, additional_forward_args=args,
-                                  n_steps=IG_STEPS, internal_batch_size=IG_STEPS * input_ids.shape[0])
-        result[("integrated_gradients",)] = ig.sum(dim=-1).abs().detach()
+    for name, replacement in (("unk", vocab.unk_id), ("pad", vocab.pad_id)):
+        blank = BlankOut(wrapped, replacement, output_type="probs", unscored_token_ids=unscored)
+        result[("blank_out", name, "gold")] = blank.attribute(
+            input_ids, target=labels, additional_forward_args=args, perturbations_per_eval=input_ids.shape[1])
+    for reducer in ("l2", "sum_abs", "grad_x_input"):
+        gradients = InputGradients(wrapped, model.embeddings, reducer=reducer)
+        result[("input_gradients", reducer)] = gradients.attribute(input_ids, target=labels,
+                                                                   additional_forward_args=args)
     return result
 
 
 def reference_keys(choices: EvaluationChoices) -> Dict[str, tuple]:
     """``{reference: key into BatchScores.references}`` chosen by ``choices``."""
     return {"blank_out": ("blank_out", choices.blank_out_id, choices.blank_out_class),
-            "input_gradients": ("input_gradients", choices.gradient_reducer),
-            "integrated_gradients": ("integrated_gradients",)}
+            "input_gradients": ("input_gradients", choices.gradient_reducer)}
 
 
 class BatchCorrelator:
@@ -139,8 +126,6 @@ class BatchCorrelator:
         for variant in CLS_VARIANTS:
             tokens = (variant, choices.rank_end_token)
             for reference, key in reference_keys(choices).items():
-                if key not in self.scores.references:
-                    continue  # a reference this protocol does not use
                 reference_ranks = self._ranked(("reference", key), self.scores.references[key], tokens, choices.ranks)
                 for method, values in self.scores.methods[choices.relevance].items():
                     for layer in range(values.shape[0]):
@@ -193,8 +178,7 @@ def _length_sorted_batches(examples: Sequence[Example], batch_size: int) -> List
 
 def evaluate_examples(model: SvaTransformer, vocab: Vocabulary, examples: Sequence[Example],
                       configurations: Mapping[str, EvaluationChoices], *, end_token: bool,
-                      references: Sequence[str] = REFERENCES, batch_size: int = 32, flow_backend: str = "auto",
-                      progress: bool = True) -> dict:
+                      batch_size: int = 32, flow_backend: str = "auto", progress: bool = True) -> dict:
     """Correlations of every configuration for every example (in the order of ``examples``).
 
     Returns ``{"correlations": {configuration: {cell: (N,) array}}, "groups": (N,) str array,
@@ -207,7 +191,7 @@ def evaluate_examples(model: SvaTransformer, vocab: Vocabulary, examples: Sequen
     for indices in tqdm(_length_sorted_batches(examples, batch_size), desc="evaluate", disable=not progress,
                         mininterval=5):
         batch = collate([examples[i] for i in indices], vocab, end_token=end_token)
-        scores = _batch_scores(model, batch, vocab, end_token, references, flow_backend, timings)
+        scores = _batch_scores(model, batch, vocab, end_token, flow_backend, timings)
         tick = time.perf_counter()
         correlator = BatchCorrelator(scores)
         for name, choices in configurations.items():
@@ -218,12 +202,12 @@ def evaluate_examples(model: SvaTransformer, vocab: Vocabulary, examples: Sequen
     return {"correlations": correlations, "groups": groups, "timings": timings}
 
 
-def _batch_scores(model, batch, vocab, end_token, references, flow_backend, timings) -> BatchScores:
+def _batch_scores(model, batch, vocab, end_token, flow_backend, timings) -> BatchScores:
     input_ids, mask = batch["input_ids"], batch["attention_mask"]
     real = mask.bool()
     matrices = attention_matrices(model, input_ids, mask, flow_backend, timings)
     tick = time.perf_counter()
-    references = reference_scores(model, batch, vocab, end_token, references)
+    references = reference_scores(model, batch, vocab, end_token)
     timings["references"] += time.perf_counter() - tick
     return BatchScores(methods=method_scores(matrices, real), references=references, real=real,
                        end_token=(input_ids == vocab.eos_id) & real)

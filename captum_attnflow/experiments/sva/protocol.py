@@ -17,11 +17,10 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Dict, List, Tuple
 
 METHODS = ("raw", "rollout", "flow")
-REFERENCES = ("blank_out", "input_gradients", "integrated_gradients")
+REFERENCES = ("blank_out", "input_gradients")
 #: ``with_cls``: ``[CLS]`` is ranked with the other tokens; ``without_cls``: it is not.
 CLS_VARIANTS = ("with_cls", "without_cls")
-REFERENCE_TITLES = {"blank_out": "Table 1: vs blank-out", "input_gradients": "Table 2: vs input gradients",
-                    "integrated_gradients": "Extra: vs integrated gradients (no paper values)"}
+REFERENCE_TITLES = {"blank_out": "Table 1: vs blank-out", "input_gradients": "Table 2: vs input gradients"}
 
 #: Abnar & Zuidema (2020), Table 1 (vs blank-out) and Table 2 (vs input gradients): mean
 #: Spearman correlation after layers 1–6.
@@ -93,7 +92,6 @@ class Protocol:
     name: str
     model: ModelChoices
     evaluation: EvaluationChoices
-    references: Tuple[str, ...] = REFERENCES  # integrated gradients is our extra, not the authors'
 
 
 @dataclass(frozen=True)
@@ -119,8 +117,7 @@ PROTOCOLS: Dict[str, Protocol] = {
                      init_std=0.05),
         EvaluationChoices(examples="natural", rank_end_token=True, blank_out_id="unk", blank_out_class="gold",
                           gradient_reducer="sum_abs", ranks="dense", formula="difference", undefined="zero",
-                          relevance="cls"),
-        references=("blank_out", "input_gradients")),
+                          relevance="cls")),
 }
 
 D28 = "attention_flow.ipynb@d28ddd5"

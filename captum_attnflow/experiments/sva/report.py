@@ -23,6 +23,7 @@ from captum_attnflow.experiments.sva.protocol import (
     PAPER,
     PROTOCOLS,
     REFERENCE_TITLES,
+    REFERENCES,
 )
 from captum_attnflow.experiments.sva.runs import RunData
 
@@ -240,7 +241,7 @@ def _results_section(rows: Sequence[dict], protocol: str, runs: Sequence[RunData
              f"{len(runs)} training seeds; {n.get('with_cls', 0)} held-out examples "
              f"({'the natural-distribution group only' if choices.examples == 'natural' else 'every group'}). "
              "Cells: mean [95 % CI]."]
-    for reference in PROTOCOLS[protocol].references:
+    for reference in REFERENCES:
         lines += ["", f"### {REFERENCE_TITLES[reference]}", "",
                   "| method | ranked | " + " | ".join(f"L{l}" for l in range(1, 7)) + " |", "|---|---|" + "---|" * 6]
         for method in ("rollout", "flow", "raw"):

@@ -64,9 +64,8 @@ def evaluate_run(directory: Path, *, data_dir: Optional[Path] = None, n_eval: Op
     test = split.test if n_eval is None else split.test[:n_eval]
     start = time.perf_counter()
     accuracy = accuracy_by_group(model, split.test, vocab, settings.end_token)
-    protocol = PROTOCOLS[settings.protocol]
-    evaluation = evaluate_examples(model, vocab, test, configurations(protocol), end_token=settings.end_token,
-                                   references=protocol.references, flow_backend=flow_backend, progress=progress)
+    evaluation = evaluate_examples(model, vocab, test, configurations(PROTOCOLS[settings.protocol]),
+                                   end_token=settings.end_token, flow_backend=flow_backend, progress=progress)
     run = RunData(protocol=settings.protocol, seed=settings.seed, settings=settings, train_log=train_log,
                   accuracy=accuracy, timings=evaluation["timings"], eval_time_s=time.perf_counter() - start,
                   groups=evaluation["groups"], correlations=evaluation["correlations"])

@@ -176,10 +176,7 @@ def ablation_rows(runs_by_protocol: Mapping[str, Sequence[RunData]], n_resamples
         for switch in switches(protocol, list(runs_by_protocol)):
             treated_runs = runs_by_protocol[switch.treated[0]]
             check_runs_align([*runs, *treated_runs])
-            stored = treated_runs[0].correlations[switch.treated[1].config]
             for cell in cells:
-                if (*cell[:3], 1) not in stored:
-                    continue  # a reference the other protocol does not compute
                 treated = cell_table(treated_runs, switch.treated[1], cell)
                 baseline = cell_table(runs, switch.baseline[1], cell)
                 rows.append(_delta_row(switch, cell, treated, baseline, n_resamples))
