@@ -1,6 +1,5 @@
 """Flow on executors (threads, spawned process pools, Dask) equals the in-process result exactly."""
 
-import inspect
 import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -96,8 +95,6 @@ def test_dask_local_cluster_executor(tiny_bert, padded_batch):
 
 
 def test_flow_map_chunk_size_sets_examples_per_task(tiny_bert, padded_batch):
-    if "chunk_size" not in inspect.signature(AttentionFlow.attribute).parameters:
-        pytest.skip("AttentionFlow.attribute does not forward chunk_size yet")
     ids, mask = padded_batch
     with CountingExecutor(2) as pool:
         distributed = flow_map(AttentionFlow(tiny_bert), ids, (mask,), executor=pool, chunk_size=2)
@@ -178,9 +175,9 @@ def test_transitions_input_checks(random_attentions):
             flow_map_transitions(graphs[0], [0] * 9, executor=pool)
         with pytest.raises(InvalidInputError, match="non-negative"):
             flow_map_transitions(-graphs, [0] * 9, executor=pool)
-        with pytest.raises(InvalidParameterError, match="sources"):
+        with pytest.raises(InvalidParameterError, match="positions"):
             flow_map_transitions(graphs, [0] * 8, executor=pool)
-        with pytest.raises(InvalidParameterError, match="sources"):
+        with pytest.raises(InvalidParameterError, match="positions"):
             flow_map_transitions(graphs, [6] * 9, executor=pool)
         with pytest.raises(InvalidInputError, match="valid"):
             flow_map_transitions(graphs, [0] * 9, valid=np.ones((9, 5), bool), executor=pool)

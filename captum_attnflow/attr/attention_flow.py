@@ -9,8 +9,8 @@ from captum.log import log_usage
 from captum_attnflow.attr._base import AttentionAttributionBase
 from captum_attnflow.capture import CapturedAttention
 from captum_attnflow.functional import attention_flow
+from captum_attnflow.functional.flow import check_chunk_size, check_executor
 from captum_attnflow.functional.positions import TokenIndex
-from captum_attnflow.parallel import check_executor
 
 
 class AttentionFlow(AttentionAttributionBase):
@@ -44,7 +44,8 @@ class AttentionFlow(AttentionAttributionBase):
                   head_fusion: str = "mean", residual_weight: float = 0.5, discard_ratio: float = 0.0,
                   normalize: bool = True, backend: str = "auto", allow_large: bool = False,
                   causal_normalization: bool = False, attention_mask: Optional[torch.Tensor] = None,
-                  return_patch_grid: bool = False, executor: Optional[Executor] = None):
+                  return_patch_grid: bool = False, executor: Optional[Executor] = None,
+                  chunk_size: Optional[int] = None):
         r"""
         Args:
             inputs (Tensor or tuple of one Tensor): token ids ``(B, S)``, pixel values
@@ -75,6 +76,8 @@ class AttentionFlow(AttentionAttributionBase):
                 (a spawned process pool, a Dask ``Client.get_executor()``, a thread pool ...); the
                 model runs here and only the fused ``(l, S, S)`` graphs travel. See
                 :mod:`captum_attnflow.parallel`.
+            chunk_size (int, optional): with ``executor``, examples per submitted task (default: the
+                batch split into 8 tasks).
 
         Returns:
             Tensor shaped like ``inputs`` (``(L, *inputs.shape)`` with ``return_all_layers``; a
@@ -83,12 +86,13 @@ class AttentionFlow(AttentionAttributionBase):
         """
         if executor is not None:
             check_executor(executor)
+        check_chunk_size(chunk_size)
         return self._attribute(inputs, additional_forward_args, token_index=token_index, layer=layer,
                                return_all_layers=return_all_layers, head_fusion=head_fusion,
                                attention_mask=attention_mask, return_patch_grid=return_patch_grid,
                                residual_weight=residual_weight, discard_ratio=discard_ratio, normalize=normalize,
                                backend=backend, allow_large=allow_large, causal_normalization=causal_normalization,
-                               executor=executor)
+                               executor=executor, chunk_size=chunk_size)
 
     def _propagate(self, captured: CapturedAttention, **options) -> torch.Tensor:
         return attention_flow(captured, **options)

@@ -8,13 +8,15 @@ attention themselves.
 """
 
 import warnings
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ProcessPoolExecutor
+from numbers import Integral
 from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from captum_attnflow._validation import check_causal_transitions, check_flag
+from captum_attnflow.exceptions import InvalidParameterError
 from captum_attnflow.functional import _maxflow
 from captum_attnflow.functional._cost import check_flow_budget, estimate_flow_cost
 from captum_attnflow.functional.causal import normalize_by_receptive_field, receptive_field_transitions
@@ -118,10 +120,50 @@ def _flows_on_executor(transitions, positions, valid, normalize, backend, execut
     return [flows for future in futures for flows in future.result()]
 
 
+def check_executor(executor) -> Executor:
+    """Refuse what cannot run the flow engine, before any work is sent.
+
+    Anything with a ``submit`` method is accepted, except a process pool that *forks* its
+    workers (the default ``ProcessPoolExecutor()`` on Linux before Python 3.14): a forked
+    worker dies as soon as the engine starts its OpenMP threads if the parent already
+    used them, and the pool then breaks with an unhelpful ``BrokenProcessPool``.
+
+    Example:
+        >>> import multiprocessing
+        >>> from concurrent.futures import ProcessPoolExecutor
+        >>> check_executor(ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        captum_attnflow.exceptions.InvalidParameterError: executor is a ProcessPoolExecutor that forks ...
+    """
+    if not callable(getattr(executor, "submit", None)):
+        raise InvalidParameterError(
+            f"executor must be a concurrent.futures.Executor (anything with .submit), got "
+            f"{type(executor).__name__}; e.g. captum_attnflow.parallel.local_process_pool() or a Dask "
+            "Client(...).get_executor().")
+    context = getattr(executor, "_mp_context", None) if isinstance(executor, ProcessPoolExecutor) else None
+    if context is not None and context.get_start_method() == "fork":
+        raise InvalidParameterError(
+            "executor is a ProcessPoolExecutor that forks its workers; a forked worker cannot run the "
+            "flow engine's OpenMP threads after the parent has. Use "
+            "captum_attnflow.parallel.local_process_pool(max_workers) or "
+            "ProcessPoolExecutor(max_workers, mp_context=multiprocessing.get_context('spawn')).")
+    return executor
+
+
+def check_chunk_size(chunk_size) -> Optional[int]:
+    """``chunk_size`` (examples per task submitted to an executor) must be a positive int or None."""
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, Integral) or chunk_size < 1:
+        raise InvalidParameterError(f"chunk_size must be a positive int (examples per task), got {chunk_size!r}.")
+    return int(chunk_size)
+
+
 def flow_attribution(transitions: torch.Tensor, explained: ExplainedPositions, layers: List[int], *,
                      normalize: bool = True, backend: str = "auto", allow_large: bool = False,
                      causal_baseline: Optional[torch.Tensor] = None, executor: Optional[Executor] = None,
-                     valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     chunk_size: Optional[int] = None, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Flow rows of the explained positions, assembled: ``(len(layers), B, ...)`` float64.
 
     ``transitions`` are the checked ``(L, B, S, S)`` matrices ``Â_l``; ``valid`` the ``(B, S)`` bool
@@ -136,15 +178,15 @@ def flow_attribution(transitions: torch.Tensor, explained: ExplainedPositions, l
                                          backend=backend, repeats=2 if causal_baseline is not None else 1),
                       allow_large)
     valid_np = None if valid is None else valid.cpu().numpy()
-    rows = _flow_rows(transitions, positions, layers, valid_np, normalize, backend, executor)
+    rows = _flow_rows(transitions, positions, layers, valid_np, normalize, backend, executor, chunk_size)
     if causal_baseline is not None:
-        baseline = _flow_rows(causal_baseline, positions, layers, valid_np, normalize, backend, executor)
+        baseline = _flow_rows(causal_baseline, positions, layers, valid_np, normalize, backend, executor, chunk_size)
         rows = normalize_by_receptive_field(rows, baseline)
     return assemble(rows, explained)
 
 
 def _flow_rows(transitions: torch.Tensor, positions: List[List[int]], layers: List[int], valid, normalize: bool,
-               backend: str, executor: Optional[Executor]) -> torch.Tensor:
+               backend: str, executor: Optional[Executor], chunk_size: Optional[int]) -> torch.Tensor:
     """``(len(layers), B, P, S)`` float64 flows, zero at unused slots."""
     graphs = transitions[: max(layers) + 1].detach().to("cpu", torch.float64).numpy().transpose(1, 0, 2, 3)
     batch_size, _, seq_len, _ = graphs.shape
@@ -152,7 +194,7 @@ def _flow_rows(transitions: torch.Tensor, positions: List[List[int]], layers: Li
     for out, layer in enumerate(layers):
         # Every example's problems go to the engine in one call (parallel over cores).
         flows = batched_flow_from_transitions(graphs[:, : layer + 1], positions, valid=valid, normalize=normalize,
-                                              backend=backend, executor=executor)
+                                              backend=backend, executor=executor, chunk_size=chunk_size)
         for b, example_flows in enumerate(flows):
             rows[out, b, : len(example_flows)] = example_flows
     return torch.from_numpy(rows)
@@ -163,7 +205,8 @@ def attention_flow(attentions, *, token_index: TokenIndex = 0, layer: Optional[i
                    discard_ratio: float = 0.0, normalize: bool = True,
                    attention_mask: Optional[torch.Tensor] = None, backend: str = "auto",
                    causal_normalization: bool = False, allow_large: bool = False,
-                   executor: Optional[Executor] = None, output_positions=None) -> torch.Tensor:
+                   executor: Optional[Executor] = None, chunk_size: Optional[int] = None,
+                   output_positions=None) -> torch.Tensor:
     """Attention flow from the explained position(s) after ``layer`` to every input token.
 
     The graph has a node per (layer, position), layer 0 being the inputs, and an edge
@@ -196,6 +239,7 @@ def attention_flow(attentions, *, token_index: TokenIndex = 0, layer: Optional[i
             :class:`~captum_attnflow.exceptions.ProblemTooLargeError` with the estimate.
         executor: a :class:`concurrent.futures.Executor` to solve on (see
             :mod:`captum_attnflow.parallel`).
+        chunk_size: with ``executor``, examples per submitted task (default: the batch in 8 tasks).
         output_positions: deprecated name of ``token_index`` (an int, or a sequence of P ints
             explained in every example, giving ``(B, P, S)``).
 
@@ -218,6 +262,9 @@ def attention_flow(attentions, *, token_index: TokenIndex = 0, layer: Optional[i
     check_flag("normalize", normalize)
     check_flag("causal_normalization", causal_normalization)
     _maxflow.check_backend(backend)
+    if executor is not None:
+        check_executor(executor)
+    check_chunk_size(chunk_size)
     stacked, head_fusion, valid = checked_attentions(attentions, head_fusion, attention_mask)
     transitions = fused_transitions(stacked, head_fusion, residual_weight=residual_weight,
                                     discard_ratio=discard_ratio, valid=valid)
@@ -231,7 +278,8 @@ def attention_flow(attentions, *, token_index: TokenIndex = 0, layer: Optional[i
         baseline = receptive_field_transitions(num_layers, batch_size, seq_len, residual_weight=residual_weight,
                                                dtype=torch.float64, attention_mask=valid)
     scores = flow_attribution(transitions, explained, layers, normalize=normalize, backend=backend,
-                              allow_large=allow_large, causal_baseline=baseline, executor=executor, valid=valid)
+                              allow_large=allow_large, causal_baseline=baseline, executor=executor,
+                              chunk_size=chunk_size, valid=valid)
     scores = scores.to(device=stacked.device, dtype=stacked.dtype)
     return scores if return_all_layers else scores[0]
 
