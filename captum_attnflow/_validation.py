@@ -62,7 +62,7 @@ def _check_index(value, size: int, name: str, expected: str, context: str) -> in
 
 
 def check_layer(layer, num_layers: int, name: str = "layer") -> int:
-    """Normalise a Python-style layer index (0 = after the first layer, -1 = last)."""
+    """Normalize a Python-style layer index (0 = after the first layer, -1 = last)."""
     return _check_index(layer, num_layers, name,
                         f"an int indexing the {num_layers} layers like a Python list (-1 = last)",
                         f"a model with {num_layers} layers")

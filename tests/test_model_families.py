@@ -244,7 +244,7 @@ def test_unsupported_model_error_lists_what_is_supported():
         AttentionRollout(torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 2)))
 
 
-# ---- causal (decoder) receptive-field normalisation -------------------------------------------
+# ---- causal (decoder) receptive-field normalization -------------------------------------------
 
 def favouring(token, seq_len=6, num_layers=3, boost=1.5):
     """Causal attention uniform over the visible positions except ``token``, weighted ``boost``×."""
@@ -258,7 +258,7 @@ def favouring(token, seq_len=6, num_layers=3, boost=1.5):
 def test_causal_normalization_flattens_uniform_causal_attention(residual_weight):
     uniform = uniform_causal_attention(3, 1, 6)
     rollout = attention_rollout(uniform, residual_weight=residual_weight, causal_normalization=True)
-    for row in range(6):  # row i sees positions 0..i, each with the same normalised score
+    for row in range(6):  # row i sees positions 0..i, each with the same normalized score
         torch.testing.assert_close(rollout[-1, 0, row, :row + 1], torch.full((row + 1,), 1 / (row + 1)))
         assert (rollout[-1, 0, row, row + 1:] == 0).all()
     flow = attention_flow(uniform, token_index=5, residual_weight=residual_weight, causal_normalization=True)

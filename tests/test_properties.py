@@ -57,7 +57,7 @@ def test_first_layer_flow_equals_first_layer_rollout(problem, data):
 
 @BOUNDED
 @given(attention_problems(max_batch=2), st.data())
-def test_unnormalised_flow_bounds(problem, data):
+def test_unnormalized_flow_bounds(problem, data):
     # The rollout row is one feasible flow to each input (it never exceeds an edge's
     # capacity), so the max-flow is at least as large; the source emits at most 1.
     weights, options = problem

@@ -19,7 +19,7 @@ class AttentionFlow(AttentionAttributionBase):
 
     The attention graph has a node per (layer, position), layer 0 being the input
     tokens, and an edge (l, i) -> (l−1, k) of capacity ``Â_l[i, k]`` (heads fused, residual
-    added, rows renormalised). The attribution of input ``j`` is the maximum flow from the
+    added, rows renormalized). The attribution of input ``j`` is the maximum flow from the
     explained token after ``layer`` to input node (0, j), solved exactly and separately for
     every ``j`` (by default with a compiled exact max-flow engine; ``backend="networkx"``
     runs the authors' Edmonds–Karp). With ``normalize=True`` (the paper's choice) the scores

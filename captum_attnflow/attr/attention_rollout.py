@@ -16,7 +16,7 @@ class AttentionRollout(AttentionAttributionBase):
     Transformers", ACL, https://arxiv.org/abs/2005.00928, Eq. 1).
 
     Heads are fused per layer and the residual connection is added,
-    ``Â_l = w·I + (1−w)·A_l`` with rows renormalised; the rollout after layer ``l`` is
+    ``Â_l = w·I + (1−w)·A_l`` with rows renormalized; the rollout after layer ``l`` is
     ``R_l = Â_l · R_{l−1}`` with ``R_1 = Â_1``. The attribution of the explained token is
     its row of ``R_layer``: how much it draws on each input token. Scores are
     class-agnostic, so ``target`` is accepted (for drop-in use in Captum loops) and ignored.

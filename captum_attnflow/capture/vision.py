@@ -40,7 +40,7 @@ def patch_scores_to_pixels(scores: torch.Tensor, inputs: torch.Tensor, patch_siz
         inputs: the ``(B, C, H, W)`` pixel values the model saw.
         patch_size: ``(p_h, p_w)``; the grid is ``(H // p_h, W // p_w)``.
         return_patch_grid: return the raw ``(n, B, grid_h, grid_w)`` patch scores instead:
-            the scores of the patch tokens, special tokens dropped, not renormalised.
+            the scores of the patch tokens, special tokens dropped, not renormalized.
         interpolation: ``"nearest"`` (every pixel gets its patch's score exactly) or
             ``"bilinear"``/``"bicubic"`` (smooth map, ``align_corners=False``).
 
