@@ -1,0 +1,304 @@
+"""LLMAttentionAttribution: rollout / flow / raw attention of generated text in Captum's LLM API.
+
+Tiny random decoder LMs of every supported family (2 layers, 4 heads, hidden 32) and a
+word-level tokenizer. Expected rows come from an independent eager copy of the model run
+with ``output_attentions=True`` and the functional API; teacher forcing means target token
+``t`` is explained by the row of position ``n − 1 + t``.
+"""
+
+import copy
+
+import pytest
+import torch
+import transformers as T
+from captum.attr import FeatureAblation, LLMAttribution, LLMAttributionResult, TextTemplateInput, TextTokenInput
+
+from captum_attnflow import (
+    AttentionFlow,
+    AttentionRollout,
+    InvalidInputError,
+    InvalidInputTypeError,
+    InvalidParameterError,
+    LLMAttentionAttribution,
+    RawAttention,
+    UnsupportedModelError,
+)
+from captum_attnflow.attr.llm_attention import position_ids_from_mask, word_level_tokenizer
+from captum_attnflow.functional import attention_flow, attention_rollout
+
+WORDS = ("the keys to cabinet are is on table a dog cat near old red house of these those dogs cats "
+         "runs run big small tree trees and with man men").split()
+TOKENIZER = word_level_tokenizer(WORDS)
+VOCAB = len(TOKENIZER)
+MAX_POSITIONS = 24
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              intermediate_size=37, max_position_embeddings=MAX_POSITIONS, pad_token_id=0, bos_token_id=1,
+              eos_token_id=2)
+FAMILIES = {
+    "gpt2": lambda: T.GPT2LMHeadModel(T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
+                                                   n_positions=MAX_POSITIONS, pad_token_id=0, bos_token_id=1,
+                                                   eos_token_id=2)),
+    "llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(**COMMON)),
+    "qwen2": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**COMMON)),
+    "mistral": lambda: T.MistralForCausalLM(T.MistralConfig(**COMMON)),
+}
+METHODS = {"rollout": AttentionRollout, "flow": AttentionFlow, "raw": RawAttention}
+PROMPT, TARGET = "the keys to the old cabinet", "are on the table"
+PROMPTS = [("the keys to the old cabinet", "are on the table"), ("a dog", "runs"),
+           ("these cats near the big red house", "run with the man")]
+
+
+def build(family):
+    torch.manual_seed(0)
+    return FAMILIES[family]().eval()
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family_model(request):
+    return request.param, build(request.param)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return build("llama")
+
+
+def reference_attentions(model, input_ids, attention_mask=None):
+    """Weights from an independent eager copy, as users get them with output_attentions=True."""
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        outputs = eager(input_ids=input_ids, attention_mask=attention_mask,
+                        position_ids=position_ids_from_mask(attention_mask), output_attentions=True)
+    return outputs.attentions
+
+
+def full_sequence(prompt, target):
+    prompt_ids = torch.tensor(TOKENIZER.encode(prompt))
+    target_ids = torch.tensor(TOKENIZER.encode(target, add_special_tokens=False))
+    return prompt_ids, target_ids, torch.cat([prompt_ids, target_ids])[None]
+
+
+def expected_rows(method, model, prompt, target, **options):
+    """``(T, n + T)`` rows of the positions predicting the target, from the functional API."""
+    prompt_ids, target_ids, ids = full_sequence(prompt, target)
+    positions = list(range(len(prompt_ids) - 1, ids.shape[1] - 1))
+    attentions = reference_attentions(model, ids)
+    if method == "rollout":
+        return attention_rollout(attentions, **options)[-1, 0, positions]
+    if method == "flow":
+        return attention_flow(attentions, output_positions=positions, **options)[0]
+    return torch.stack(attentions)[-1, 0].mean(0)[positions]
+
+
+# ---- equality with the functional API on independently captured weights -------------------
+
+@pytest.mark.parametrize("causal_normalization", [False, True])
+@pytest.mark.parametrize("method", ["rollout", "flow"])
+def test_rows_equal_functional_every_family(family_model, method, causal_normalization):
+    family, model = family_model
+    explainer = LLMAttentionAttribution(METHODS[method](model), TOKENIZER)
+    result = explainer.attribute(TextTokenInput(PROMPT, TOKENIZER), target=TARGET,
+                                 causal_normalization=causal_normalization, include_generated=True)
+    expected = expected_rows(method, model, PROMPT, TARGET, causal_normalization=causal_normalization)
+    assert isinstance(result, LLMAttributionResult)
+    assert tuple(result.token_attr.shape) == tuple(expected.shape) == (4, 11)
+    torch.testing.assert_close(result.token_attr, expected.float(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(result.seq_attr, expected.float().sum(0), atol=1e-5, rtol=1e-4)
+    # Causal: target token t draws on no target token at or after itself (columns 7... are the target).
+    assert torch.all(result.token_attr[:, 7:].triu() == 0) and torch.all(result.token_attr[1:, 7:].diagonal() > 0)
+
+
+def test_raw_attention_rows_and_prompt_only_view(llama):
+    explainer = LLMAttentionAttribution(RawAttention(llama), TOKENIZER)
+    result = explainer.attribute(TextTokenInput(PROMPT, TOKENIZER), target=TARGET)
+    expected = expected_rows("raw", llama, PROMPT, TARGET)
+    # Captum's default view: only the prompt's tokens are features.
+    assert result.input_tokens == ["<s>"] + PROMPT.split()
+    assert result.output_tokens == TARGET.split()
+    torch.testing.assert_close(result.token_attr, expected[:, :7].float(), atol=1e-6, rtol=1e-5)
+
+
+def test_include_generated_labels_and_layer_option(llama):
+    explainer = LLMAttentionAttribution(AttentionRollout(llama), TOKENIZER)
+    result = explainer.attribute(TextTokenInput(PROMPT, TOKENIZER), target=TARGET, include_generated=True, layer=0)
+    assert result.input_tokens == ["<s>"] + PROMPT.split() + TARGET.split()
+    expected = expected_rows("rollout", llama, PROMPT, TARGET)  # all layers; take layer 0 below
+    _, _, ids = full_sequence(PROMPT, TARGET)
+    first_layer = attention_rollout(reference_attentions(llama, ids))[0, 0, 6:10]
+    torch.testing.assert_close(result.token_attr, first_layer, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(first_layer, expected.float())  # the option was not ignored
+
+
+def test_target_as_token_ids_equals_string(llama):
+    explainer = LLMAttentionAttribution(AttentionFlow(llama), TOKENIZER)
+    inp = TextTokenInput(PROMPT, TOKENIZER)
+    by_string = explainer.attribute(inp, target=TARGET)
+    by_ids = explainer.attribute(inp, target=torch.tensor(TOKENIZER.encode(TARGET, add_special_tokens=False)))
+    torch.testing.assert_close(by_string.token_attr, by_ids.token_attr, atol=0, rtol=0)
+
+
+# ---- interpretable features ------------------------------------------------------------------
+
+def test_template_features_sum_their_tokens(llama):
+    """Values of several words get the sum of their words' columns; template text is no feature."""
+    inp = TextTemplateInput("{} to the {} cabinet", values=["the old keys", "big red"])
+    explainer = LLMAttentionAttribution(AttentionRollout(llama), TOKENIZER)
+    result = explainer.attribute(inp, target=TARGET)
+    full = expected_rows("rollout", llama, "the old keys to the big red cabinet", TARGET)
+    # <s> | the old keys | to the | big red | cabinet  (positions 0 | 1-3 | 4-5 | 6-7 | 8)
+    expected = torch.stack([full[:, 1:4].sum(1), full[:, 6:8].sum(1)], dim=1)
+    assert result.input_tokens == ["the old keys", "big red"]
+    torch.testing.assert_close(result.token_attr, expected.float(), atol=1e-6, rtol=1e-5)
+
+
+def test_template_mask_groups_share_their_sum(llama):
+    inp = TextTemplateInput("{} {} to the {}", values=["the", "keys", "cabinet"], mask=[0, 0, 1])
+    explainer = LLMAttentionAttribution(AttentionRollout(llama), TOKENIZER)
+    result = explainer.attribute(inp, target=TARGET)
+    full = expected_rows("rollout", llama, "the keys to the cabinet", TARGET)
+    group = full[:, 1:3].sum(1)
+    expected = torch.stack([group, group, full[:, 5]], dim=1)
+    torch.testing.assert_close(result.token_attr, expected.float(), atol=1e-6, rtol=1e-5)
+
+
+def test_skip_tokens_are_not_features(llama):
+    inp = TextTokenInput(PROMPT, TOKENIZER, skip_tokens=["<s>"])
+    result = LLMAttentionAttribution(AttentionRollout(llama), TOKENIZER).attribute(inp, target=TARGET)
+    expected = expected_rows("rollout", llama, PROMPT, TARGET)
+    assert result.input_tokens == PROMPT.split()
+    torch.testing.assert_close(result.token_attr, expected[:, 1:7].float(), atol=1e-6, rtol=1e-5)
+
+
+def test_template_that_rewrites_values_is_refused(llama):
+    inp = TextTemplateInput(lambda a, b: f"{a.upper()} {b}", values=["the", "keys"])
+    with pytest.raises(InvalidInputError, match="verbatim"):
+        LLMAttentionAttribution(AttentionRollout(llama), TOKENIZER).attribute(inp, target="are")
+
+
+# ---- batches and generation --------------------------------------------------------------
+
+@pytest.mark.parametrize("method,options", [("rollout", {}), ("rollout", {"causal_normalization": True}),
+                                            ("flow", {}), ("flow", {"causal_normalization": True})])
+@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
+def test_left_padded_batch_equals_per_prompt(family, method, options):
+    model = build(family)
+    explainer = LLMAttentionAttribution(METHODS[method](model), TOKENIZER)
+    inps = [TextTokenInput(prompt, TOKENIZER) for prompt, _ in PROMPTS]
+    batched = explainer.attribute_batch(inps, [target for _, target in PROMPTS], include_generated=True, **options)
+    for inp, (_, target), together in zip(inps, PROMPTS, batched):
+        alone = explainer.attribute(inp, target=target, include_generated=True, **options)
+        assert together.output_tokens == alone.output_tokens
+        torch.testing.assert_close(together.token_attr, alone.token_attr, atol=1e-5, rtol=1e-4)
+
+
+def test_generated_target_batch_equals_per_prompt(llama):
+    explainer = LLMAttentionAttribution(AttentionRollout(llama), TOKENIZER)
+    inps = [TextTokenInput(prompt, TOKENIZER) for prompt, _ in PROMPTS]
+    gen_args = {"max_new_tokens": 4, "do_sample": False}
+    batched = explainer.attribute_batch(inps, gen_args=gen_args)
+    for inp, together in zip(inps, batched):
+        alone = explainer.attribute(inp, gen_args=gen_args)
+        assert together.output_tokens == alone.output_tokens and len(alone.output_tokens) >= 1
+        torch.testing.assert_close(together.token_attr, alone.token_attr, atol=1e-5, rtol=1e-4)
+
+
+def test_generation_explains_what_generate_returns(llama):
+    inp = TextTokenInput(PROMPT, TOKENIZER)
+    prompt_ids = inp.inp_tensor
+    generated = llama.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=3,
+                               do_sample=False)[0, prompt_ids.shape[1]:]
+    explainer = LLMAttentionAttribution(AttentionRollout(llama), TOKENIZER)
+    by_generation = explainer.attribute(inp, gen_args={"max_new_tokens": 3, "do_sample": False})
+    by_target = explainer.attribute(inp, target=generated)
+    assert by_generation.output_tokens == by_target.output_tokens
+    torch.testing.assert_close(by_generation.token_attr, by_target.token_attr, atol=0, rtol=0)
+
+
+# ---- Captum interoperability ---------------------------------------------------------------
+
+def test_result_plots_next_to_feature_ablation(llama):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    inp = TextTokenInput(PROMPT, TOKENIZER)
+    ours = LLMAttentionAttribution(AttentionFlow(llama), TOKENIZER).attribute(inp, target=TARGET)
+    ablation = LLMAttribution(FeatureAblation(llama), TOKENIZER).attribute(inp, target=TARGET)
+    assert type(ours) is type(ablation)
+    assert ours.input_tokens == ablation.input_tokens and ours.output_tokens == ablation.output_tokens
+    assert ours.token_attr.shape == ablation.token_attr.shape
+    for plot in (ours.plot_token_attr, ours.plot_seq_attr):
+        figure, axes = plot()
+        labels = [label.get_text() for label in axes.get_xticklabels()]
+        assert labels == ours.input_tokens
+        matplotlib.pyplot.close(figure)
+
+
+def test_model_left_as_found(llama):
+    before = (llama.config._attn_implementation, llama.training,
+              [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in llama.modules()])
+    explainer = LLMAttentionAttribution(AttentionRollout(llama), TOKENIZER)
+    explainer.attribute(TextTokenInput(PROMPT, TOKENIZER), gen_args={"max_new_tokens": 2})
+    after = (llama.config._attn_implementation, llama.training,
+             [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in llama.modules()])
+    assert after == before
+
+
+# ---- errors ----------------------------------------------------------------------------------
+
+BERT = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=MAX_POSITIONS)
+
+
+@pytest.mark.parametrize("make_model", [
+    lambda: T.BertForMaskedLM(T.BertConfig(**BERT)),
+    lambda: T.GPT2Model(T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4)),
+    lambda: T.T5ForConditionalGeneration(T.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=37, num_layers=2,
+                                                    num_heads=4)),
+], ids=["bert-mlm", "gpt2-base", "t5"])
+def test_models_that_cannot_be_teacher_forced_are_refused(make_model):
+    with pytest.raises(UnsupportedModelError):
+        LLMAttentionAttribution(AttentionRollout(make_model().eval()), TOKENIZER)
+
+
+def test_bidirectional_attention_is_refused_after_the_forward():
+    model = T.BertLMHeadModel(T.BertConfig(**BERT)).eval()  # generates, but attends both ways
+    explainer = LLMAttentionAttribution(AttentionRollout(model), TOKENIZER)
+    with pytest.raises(UnsupportedModelError, match="not causal"):
+        explainer.attribute(TextTokenInput(PROMPT, TOKENIZER), target=TARGET)
+
+
+def test_target_past_the_maximum_length(llama):
+    explainer = LLMAttentionAttribution(AttentionRollout(llama), TOKENIZER)
+    inp = TextTokenInput(PROMPT, TOKENIZER)
+    with pytest.raises(InvalidInputError, match="maximum length of 24"):
+        explainer.attribute(inp, target=" ".join(["the"] * 18))
+    explainer.attribute(inp, target=" ".join(["the"] * 17))  # exactly the maximum is fine
+    with pytest.raises(InvalidParameterError, match="max_new_tokens"):
+        explainer.attribute(inp, gen_args={"max_new_tokens": 18})
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda e, i: e.attribute(i, target="are", gen_args={"max_new_tokens": 2}), InvalidParameterError, "gen_args"),
+    (lambda e, i: e.attribute(i, target="are", token_index=0), InvalidParameterError, "token_index"),
+    (lambda e, i: e.attribute(i, target="are", return_all_layers=True), InvalidParameterError, "return_all_layers"),
+    (lambda e, i: e.attribute(i, target="are", normalise=True), InvalidParameterError, "normalise"),
+    (lambda e, i: e.attribute(i, target="are", include_generated="yes"), InvalidParameterError, "include_generated"),
+    (lambda e, i: e.attribute("the keys", target="are"), InvalidInputTypeError, "TextTokenInput"),
+    (lambda e, i: e.attribute(i, target=""), InvalidInputError, "no tokens"),
+    (lambda e, i: e.attribute(i, target=torch.tensor([1.5])), InvalidInputTypeError, "integers"),
+    (lambda e, i: e.attribute(i, target=3), InvalidInputTypeError, "str or a 1-D tensor"),
+    (lambda e, i: e.attribute_batch([i, i], ["are"]), InvalidParameterError, "one per prompt"),
+    (lambda e, i: e.attribute_batch(i, ["are"]), InvalidInputTypeError, "list"),
+], ids=["gen_args-with-target", "token_index", "return_all_layers", "unknown-option", "flag", "string-input",
+        "empty-target", "float-target", "int-target", "targets-count", "not-a-list"])
+def test_bad_arguments_get_documented_errors(llama, call, error, match):
+    explainer = LLMAttentionAttribution(AttentionFlow(llama), TOKENIZER)
+    with pytest.raises(error, match=match):
+        call(explainer, TextTokenInput(PROMPT, TOKENIZER))
+
+
+def test_unsupported_method_is_refused(llama):
+    with pytest.raises(InvalidParameterError, match="LLMAttribution"):
+        LLMAttentionAttribution(FeatureAblation(llama), TOKENIZER)
