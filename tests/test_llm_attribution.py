@@ -8,6 +8,8 @@ with ``output_attentions=True`` and the functional API; teacher forcing means ta
 
 import copy
 
+import numpy as np
+
 import pytest
 import torch
 import transformers as T
@@ -302,3 +304,122 @@ def test_bad_arguments_get_documented_errors(llama, call, error, match):
 def test_unsupported_method_is_refused(llama):
     with pytest.raises(InvalidParameterError, match="LLMAttribution"):
         LLMAttentionAttribution(FeatureAblation(llama), TOKENIZER)
+
+
+# ---- evaluation: the harness's LLM mode ----------------------------------------------------
+
+class FixedScores:
+    """A stand-in LLM attribution method returning chosen scores, so the expected removals are known."""
+
+    def __init__(self, scores):
+        self.scores = scores
+
+    def attribute(self, inp, target=None):
+        token_attr = self.scores(inp, target) if callable(self.scores) else self.scores
+        return LLMAttributionResult(seq_attr=token_attr.sum(0), token_attr=token_attr, input_tokens=list(inp.values),
+                                    output_tokens=[str(t) for t in range(token_attr.shape[0])])
+
+
+def plain_log_probs(model, prompt_ids, target_ids):
+    """log p(target_t | prompt, target_<t) from one unpadded forward: the independent reference."""
+    ids = torch.cat([prompt_ids, target_ids])[None]
+    with torch.no_grad():
+        logits = model(ids).logits[0]
+    log_probs = torch.log_softmax(logits[len(prompt_ids) - 1:-1].float(), -1)
+    return log_probs[torch.arange(len(target_ids)), target_ids]
+
+
+def test_evaluation_removal_metrics_equal_an_independent_computation(llama):
+    from captum_attnflow.evaluation import LLMAttributionEvaluator
+
+    inp = TextTokenInput(PROMPT, TOKENIZER, baselines="<unk>", skip_tokens=["<s>"])  # 6 features
+    target_ids = torch.tensor(TOKENIZER.encode("are on", add_special_tokens=False))
+    # Token 0 ranks features 5 > 4 > 0 > ...; token 1 ranks 1 > 2 > ...
+    scores = torch.tensor([[0.3, 0.0, 0.0, 0.0, 0.5, 0.9], [0.0, 0.8, 0.6, 0.1, 0.0, 0.0]])
+    evaluator = LLMAttributionEvaluator(llama, TOKENIZER, {"fixed": FixedScores(scores)}, metrics=("logprob_drop", "aopc"),
+                                        aopc_bins=(0.2, 0.5), random_baseline=False, progress=False)
+    result = evaluator.evaluate([inp], targets=[target_ids])
+
+    prompt_ids = inp.inp_tensor[0]
+    full = plain_log_probs(llama, prompt_ids, target_ids)
+
+    def drop(token, removed_features):
+        ids = prompt_ids.clone()
+        ids[[1 + f for f in removed_features]] = TOKENIZER.convert_tokens_to_ids("<unk>")
+        return float(full[token] - plain_log_probs(llama, ids, target_ids)[token])
+
+    # Bins of 6 features: ceil(0.2·6) = 2 and ceil(0.5·6) = 3 features.
+    expected_drop = [drop(0, [5]), drop(1, [1])]
+    expected_aopc = [(drop(0, [5, 4]) + drop(0, [5, 4, 0])) / 2, (drop(1, [1, 2]) + drop(1, [1, 2, 3])) / 2]
+    np.testing.assert_allclose(result.per_example[("logprob_drop", None, "fixed", None)], expected_drop, atol=1e-5)
+    np.testing.assert_allclose(result.per_example[("aopc", None, "fixed", None)], expected_aopc, atol=1e-5)
+    assert [row["n"] for row in result.rows] == [2, 2]
+
+
+def test_evaluation_template_removal_uses_the_value_baseline(llama):
+    from captum_attnflow.evaluation import LLMAttributionEvaluator
+
+    inp = TextTemplateInput("{} to the {}", values=["the keys", "old cabinet"], baselines=["a dog", "house"])
+    target_ids = torch.tensor(TOKENIZER.encode("are", add_special_tokens=False))
+    fixed = FixedScores(torch.tensor([[0.1, 0.9]]))
+    evaluator = LLMAttributionEvaluator(llama, TOKENIZER, {"fixed": fixed}, metrics=("logprob_drop",),
+                                        random_baseline=False, progress=False)
+    result = evaluator.evaluate([inp], targets=[target_ids])
+    full = plain_log_probs(llama, torch.tensor(TOKENIZER.encode("the keys to the old cabinet")), target_ids)
+    removed = plain_log_probs(llama, torch.tensor(TOKENIZER.encode("the keys to the house")), target_ids)
+    np.testing.assert_allclose(result.per_example[("logprob_drop", None, "fixed", None)], [float(full - removed)],
+                               atol=1e-5)
+
+
+def test_evaluation_spearman_against_feature_ablation(llama):
+    from captum_attnflow.evaluation import LLMAttributionEvaluator
+
+    ablation = LLMAttribution(FeatureAblation(llama), TOKENIZER)
+    inps = [TextTokenInput(prompt, TOKENIZER, skip_tokens=["<s>"]) for prompt, _ in PROMPTS[::2]]
+    targets = [target for _, target in PROMPTS[::2]]
+    reversed_ablation = FixedScores(lambda inp, target: -ablation.attribute(inp, target=target).token_attr)
+    evaluator = LLMAttributionEvaluator(
+        llama, TOKENIZER, {"ablation": ablation, "reversed": reversed_ablation,
+                           "rollout": LLMAttentionAttribution(AttentionRollout(llama), TOKENIZER)},
+        metrics=("spearman",), progress=False)
+    result = evaluator.evaluate(inps, targets)
+    reversed_values = result.per_example[("spearman", "ablation", "reversed", None)]
+    assert len(reversed_values) == 4 + 4  # one value per generated token of every prompt
+    np.testing.assert_allclose(reversed_values, -1.0)
+    rollout_values = result.per_example[("spearman", "ablation", "rollout", None)]
+    assert np.all(np.abs(rollout_values) <= 1) and np.isfinite(rollout_values).all()
+    assert "random" in result.summary_markdown() and "Spearman vs ablation" in result.summary_markdown()
+
+
+def test_evaluation_generates_one_target_for_every_method(llama, tmp_path):
+    from captum_attnflow.evaluation import LLMAttributionEvaluator
+
+    seen, generator = [], torch.Generator().manual_seed(0)
+    recorder = FixedScores(lambda inp, target: (seen.append(target.tolist()),
+                                                torch.rand(len(target), 7, generator=generator))[1])
+    evaluator = LLMAttributionEvaluator(
+        llama, TOKENIZER, {"ablation": LLMAttribution(FeatureAblation(llama), TOKENIZER), "recorder": recorder,
+                           "flow": LLMAttentionAttribution(AttentionFlow(llama), TOKENIZER)}, progress=False)
+    result = evaluator.evaluate([TextTokenInput(PROMPT, TOKENIZER)], gen_args={"max_new_tokens": 3, "do_sample": False})
+    generated = llama.generate(TextTokenInput(PROMPT, TOKENIZER).inp_tensor, max_new_tokens=3, do_sample=False)[0, 7:]
+    assert seen == [generated.tolist()]
+    assert {row["n"] for row in result.rows if row["metric"] != "spearman"} == {len(generated)}
+    result.plot(tmp_path / "llm.png")
+    assert (tmp_path / "llm.png").read_bytes()[1:4] == b"PNG"
+    assert len(result.per_token) == len(result.rows) * len(generated)  # one value per (metric, method, token)
+
+
+def test_evaluation_refuses_mismatched_settings(llama):
+    from captum_attnflow.evaluation import LLMAttributionEvaluator
+
+    rollout = LLMAttentionAttribution(AttentionRollout(llama), TOKENIZER)
+    inp = TextTokenInput(PROMPT, TOKENIZER)
+    with pytest.raises(InvalidParameterError, match="reference"):
+        LLMAttributionEvaluator(llama, TOKENIZER, {"rollout": rollout}, progress=False).evaluate([inp], ["are"])
+    with pytest.raises(InvalidParameterError, match="metrics"):
+        LLMAttributionEvaluator(llama, TOKENIZER, {"rollout": rollout}, metrics=("aopc", "infidelity"),
+                                progress=False).evaluate([inp], ["are"])
+    full_matrix = LLMAttributionEvaluator(llama, TOKENIZER, {"rollout": rollout}, metrics=("aopc",),
+                                          method_kwargs={"rollout": {"include_generated": True}}, progress=False)
+    with pytest.raises(InvalidInputError, match="include_generated=False"):
+        full_matrix.evaluate([inp], ["are on"])

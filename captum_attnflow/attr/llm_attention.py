@@ -285,37 +285,14 @@ class LLMAttentionAttribution(Attribution):
         return ids
 
     def _generate(self, prompts: List[_Prompt], gen_args: Optional[Dict[str, Any]]) -> List[torch.Tensor]:
-        if gen_args is not None and not isinstance(gen_args, dict):
-            raise InvalidParameterError(f"gen_args must be a dict of generate() arguments, got {type(gen_args).__name__}.")
-        gen_args = dict(gen_args or DEFAULT_GEN_ARGS)
-        limit, new_tokens = _max_positions(self.model), gen_args.get("max_new_tokens")
-        longest = max(len(p.input_ids) for p in prompts)
-        if limit is not None and isinstance(new_tokens, Integral) and longest + new_tokens > limit:
-            raise InvalidParameterError(
-                f"gen_args['max_new_tokens']={new_tokens} after a {longest}-token prompt goes past the model's "
-                f"maximum length of {limit}; generate at most {max(limit - longest, 0)} tokens.")
-        input_ids, attention_mask, _ = left_padded([p.input_ids for p in prompts], self._pad_id())
-        generate = getattr(self.model, "generate")
-        with torch.no_grad():
-            output = generate(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                              **gen_args)
-        if output.shape[0] != len(prompts):
-            raise InvalidParameterError(
-                f"gen_args produced {output.shape[0]} sequences for {len(prompts)} prompts; explain one sequence "
-                "per prompt (num_return_sequences=1).")
-        return [_until_end_of_text(row, self._end_ids()) for row in output[:, input_ids.shape[1]:].cpu()]
+        return generate_targets(self.model, [p.input_ids for p in prompts], gen_args, pad_id=self._pad_id(),
+                                end_ids=self._end_ids())
 
     def _pad_id(self) -> int:
-        for candidate in (getattr(self.tokenizer, "pad_token_id", None), getattr(self.tokenizer, "eos_token_id", None)):
-            if isinstance(candidate, Integral):
-                return int(candidate)
-        return 0  # any id: padded positions are masked
+        return pad_token_id(self.tokenizer)
 
     def _end_ids(self) -> List[int]:
-        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        if eos is None:
-            eos = getattr(self.tokenizer, "eos_token_id", None)
-        return [] if eos is None else ([int(eos)] if isinstance(eos, Integral) else [int(e) for e in eos])
+        return end_of_text_ids(self.model, self.tokenizer)
 
     # ------------------------------------------------------------------ rows and result
 
@@ -384,6 +361,71 @@ def causal_lm_forward(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor]
         return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
 
     return forward
+
+
+def generate_targets(model: nn.Module, prompts: Sequence[torch.Tensor], gen_args: Optional[Dict[str, Any]], *,
+                     pad_id: int, end_ids: Sequence[int]) -> List[torch.Tensor]:
+    """Generate a continuation of each 1-D prompt in one left-padded ``model.generate`` call.
+
+    ``gen_args`` default to Captum's; each row is cut after its first end-of-text token (a
+    batched ``generate`` pads the rows that finished early), so it equals the prompt's own
+    generation.
+    """
+    if gen_args is not None and not isinstance(gen_args, dict):
+        raise InvalidParameterError(f"gen_args must be a dict of generate() arguments, got {type(gen_args).__name__}.")
+    gen_args = dict(gen_args or DEFAULT_GEN_ARGS)
+    limit, new_tokens = _max_positions(model), gen_args.get("max_new_tokens")
+    longest = max(len(p) for p in prompts)
+    if limit is not None and isinstance(new_tokens, Integral) and longest + new_tokens > limit:
+        raise InvalidParameterError(
+            f"gen_args['max_new_tokens']={new_tokens} after a {longest}-token prompt goes past the model's "
+            f"maximum length of {limit}; generate at most {max(limit - longest, 0)} tokens.")
+    input_ids, attention_mask, _ = left_padded(prompts, pad_id)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **gen_args)
+    if output.shape[0] != len(prompts):
+        raise InvalidParameterError(
+            f"gen_args produced {output.shape[0]} sequences for {len(prompts)} prompts; explain one sequence "
+            "per prompt (num_return_sequences=1).")
+    return [_until_end_of_text(row, end_ids) for row in output[:, input_ids.shape[1]:].cpu()]
+
+
+def prompt_token_ids(inp, tokenizer) -> torch.Tensor:
+    """The 1-D token ids the model reads for ``inp``, formed as Captum's LLM classes form them."""
+    model_input = inp.to_model_input()
+    if isinstance(model_input, str):
+        return torch.tensor(tokenizer.encode(model_input), dtype=torch.long)
+    return model_input.reshape(-1)
+
+
+def pad_token_id(tokenizer) -> int:
+    """The tokenizer's padding (else end-of-text) id; any id would do since padding is masked."""
+    for candidate in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(candidate, Integral):
+            return int(candidate)
+    return 0
+
+
+def end_of_text_ids(model: nn.Module, tokenizer) -> List[int]:
+    """The ids that end a generation (the model's generation config, else the tokenizer's EOS)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = getattr(tokenizer, "eos_token_id", None)
+    return [] if eos is None else ([int(eos)] if isinstance(eos, Integral) else [int(e) for e in eos])
+
+
+def target_log_probs(model: nn.Module, prompts: Sequence[torch.Tensor], target: torch.Tensor, *,
+                     pad_id: int) -> torch.Tensor:
+    """``(N, T)`` teacher-forced ``log p(target_t | prompt_n, target_<t)`` in one left-padded pass."""
+    input_ids, attention_mask, _ = left_padded([torch.cat([p, target]) for p in prompts], pad_id)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = causal_lm_forward(model)(input_ids.to(device), attention_mask.to(device))
+    # Right-aligned rows: the same columns predict the target in every row.
+    width, length = input_ids.shape[1], len(target)
+    log_probs = torch.log_softmax(logits[:, width - length - 1:width - 1].float(), dim=-1)
+    return log_probs.gather(-1, target.to(device)[None, :, None].expand(len(prompts), -1, 1))[..., 0].cpu()
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
