@@ -208,7 +208,7 @@ def flow_map_transitions(transitions, sources: Sequence[Union[int, Sequence[int]
         >>> graphs = transition_matrices(attentions).transpose(0, 1)   # (B, L, S, S)
         >>> with ThreadPoolExecutor(2) as pool:
         ...     flows = flow_map_transitions(graphs, [0, 0, 0, 0], executor=pool, chunk_size=1)
-        >>> expected = attention_flow(attentions, output_positions=0)  # (B, S)
+        >>> expected = attention_flow(attentions, token_index=0)  # (B, S)
         >>> torch.allclose(torch.from_numpy(flows[2][0]), expected[2])
         True
     """

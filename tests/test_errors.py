@@ -145,7 +145,7 @@ def test_non_finite_attention_from_the_model(method, value):
     explainer = method(lambda ids: ids.float(), attention_fn=lambda ids: weights)
     with pytest.raises(InvalidInputError) as raised:
         explainer.attribute(torch.tensor([[1, 2, 3, 4]]))
-    assert_documented(raised, InvalidInputError, "attentions", "NaN or inf")
+    assert_documented(raised, InvalidInputError, "attention_fn layer 2", "NaN or inf")
 
 
 # --- sequence length 1 is valid -------------------------------------------------------------
@@ -183,11 +183,22 @@ def test_bad_layer(unchanged, method, layer):
     assert_documented(raised, InvalidParameterError, "layer")
 
 
-@pytest.mark.parametrize("output_positions", [4, -5, [0, 9], [], 1.5, [[0]]])
-def test_bad_output_positions(output_positions):
+@pytest.mark.parametrize("token_index", [4, -5, [0, 9], [], 1.5, [[0, 1], [0]], "middle", True, torch.tensor([[0, 4]]),
+                                         torch.zeros(1, 1, 1, dtype=torch.long)])
+def test_bad_token_index_functional(token_index):
     with pytest.raises(InvalidParameterError) as raised:
-        attention_flow(attentions(), output_positions=output_positions)
-    assert_documented(raised, InvalidParameterError, "output_positions")
+        attention_flow(attentions(), token_index=token_index)
+    assert_documented(raised, InvalidParameterError, "token_index")
+
+
+def test_output_positions_is_a_deprecated_alias_of_token_index():
+    weights = attentions()
+    with pytest.warns(DeprecationWarning, match="token_index"):
+        several = attention_flow(weights, output_positions=[0, 2])
+    torch.testing.assert_close(several, attention_flow(weights, token_index=torch.tensor([[0, 2]])))
+    with pytest.warns(DeprecationWarning, match="token_index"):
+        one = attention_flow(weights, output_positions=1)
+    torch.testing.assert_close(one, attention_flow(weights, token_index=1))
 
 
 def test_bad_layer_functional():
@@ -267,7 +278,7 @@ def test_large_flow_problem_is_refused_with_its_estimate(monkeypatch):
             monkeypatch.setattr(_maxflow, engine, must_not_run)
     with pytest.raises(ProblemTooLargeError) as raised:
         attention_flow(attentions(num_layers=num_layers, heads=1, seq_len=seq_len),
-                       output_positions=list(range(seq_len)))
+                       token_index="all")
     assert_documented(raised, ProblemTooLargeError, "allow_large")
     message = str(raised.value)
     assert f"{cost.num_problems:,} max-flow problems" in message
@@ -284,13 +295,13 @@ def test_estimate_grows_with_every_dimension():
 
 def test_allow_large_runs_what_the_budget_refuses(monkeypatch, unchanged):
     weights = attentions(seq_len=5)
-    expected = attention_flow(weights, output_positions=[0, 1])
+    expected = attention_flow(weights, token_index=torch.tensor([[0, 1]]))
     expected_class = AttentionFlow(unchanged).attribute(IDS, token_index="mean")
     monkeypatch.setattr(_cost, "FLOW_TIME_BUDGET_S", 0.0)
     with pytest.raises(ProblemTooLargeError) as raised:
-        attention_flow(weights, output_positions=[0, 1])
+        attention_flow(weights, token_index=torch.tensor([[0, 1]]))
     assert_documented(raised, ProblemTooLargeError, "allow_large")
-    assert torch.equal(attention_flow(weights, output_positions=[0, 1], allow_large=True), expected)
+    assert torch.equal(attention_flow(weights, token_index=torch.tensor([[0, 1]]), allow_large=True), expected)
     with pytest.raises(ProblemTooLargeError) as raised:
         AttentionFlow(unchanged).attribute(IDS, token_index="mean")
     assert_documented(raised, ProblemTooLargeError, "allow_large")
@@ -334,7 +345,7 @@ def test_adapter_finding_no_attention_layers(unchanged):
 
 def test_attention_kernel_that_cannot_be_switched():
     class NoSwitchAdapter(HuggingFaceAdapter):
-        def prepared(self):
+        def prepared(self, session):
             import contextlib
             return contextlib.nullcontext()
 
@@ -414,7 +425,7 @@ def test_non_finite_attention_computed_by_the_model():
     for method in METHODS:
         with pytest.raises(InvalidInputError) as raised:
             method(model).attribute(IDS)
-        assert_documented(raised, InvalidInputError, "attentions", "NaN or inf")
+        assert_documented(raised, InvalidInputError, "attention layer 2", "NaN or inf")
     assert_unchanged(model, before)
 
 

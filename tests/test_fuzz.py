@@ -64,8 +64,9 @@ OPTION_VALUES = {
     "discard_ratio": st.sampled_from([0.0, 0.3, 0.99, 1.0, -0.5, math.inf, None]),
     "attention_mask": st.none() | tensors(max_ndim=3) | st.sampled_from([[1, 1], "mask"]),
     "layer": st.integers(-5, 5) | st.sampled_from([None, 0.0, "last", True]),
-    "output_positions": st.integers(-6, 6) | st.lists(st.integers(-6, 6), max_size=3)
-    | st.sampled_from([None, 1.5, torch.tensor(1), torch.tensor([0, 1]), [[0]]]),
+    "token_index": st.integers(-6, 6) | st.lists(st.integers(-6, 6), max_size=3)
+    | st.sampled_from([None, 1.5, torch.tensor(1), torch.tensor([0, 1]), torch.tensor([[0, 1]]), [[0]], "mean",
+                       "last", "all", "first"]),
     "normalize": st.sampled_from([True, False, "yes", None]),
     "backend": st.sampled_from(["auto", "networkx", "cplex", None]),
     "causal_normalization": st.sampled_from([False, True, 1]),

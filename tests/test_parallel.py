@@ -154,7 +154,7 @@ def test_transitions_chunks_are_reassembled_in_order(random_attentions):
     for got, expected in zip(chunked, serial):
         np.testing.assert_array_equal(got, expected)
     # Independent reference: the functional attention_flow, every position at once, per example.
-    reference = attention_flow(attentions, output_positions=[0, 1, 2], attention_mask=mask)
+    reference = attention_flow(attentions, token_index="all", attention_mask=mask)
     for b, source in enumerate(sources):
         np.testing.assert_allclose(chunked[b][0], reference[b, source].numpy(), atol=1e-12)
         assert (chunked[b][0][~mask[b].bool().numpy()] == 0).all()
@@ -165,7 +165,7 @@ def test_transitions_with_several_sources_and_raw_values(random_attentions):
     graphs = transition_matrices(attentions)[:2].transpose(0, 1).numpy()  # explain the output of layer 1
     with ThreadPoolExecutor(2) as pool:
         flows = flow_map_transitions(graphs, [[0, 5]] * 9, normalize=False, executor=pool)
-    expected = attention_flow(attentions, output_positions=[0, 5], layer=1, normalize=False)
+    expected = attention_flow(attentions, token_index=torch.tensor([[0, 5]] * 9), layer=1, normalize=False)
     assert [f.shape for f in flows] == [(2, 6)] * 9
     np.testing.assert_allclose(np.stack(flows), expected.numpy(), atol=1e-12)
 

@@ -81,9 +81,6 @@ class _PixelInputsMixin:
     def check_inputs(self, inputs: Any) -> torch.Tensor:
         return check_pixel_values(inputs)
 
-    def attention_mask(self, inputs, additional_forward_args):
-        return None  # every patch is real
-
     def scores_to_inputs(self, scores: torch.Tensor, inputs: torch.Tensor, *,
                          return_patch_grid: bool = False, **options) -> torch.Tensor:
         return patch_scores_to_pixels(scores, inputs, self.patch_size(), return_patch_grid=return_patch_grid,
@@ -157,7 +154,7 @@ class TimmVisionAdapter(_PixelInputsMixin, AttentionAdapter):
         return output if isinstance(output, torch.Tensor) and output.ndim == 4 else None
 
     @contextlib.contextmanager
-    def prepared(self):
+    def prepared(self, session):
         blocks = self._attention_blocks()
         saved = [block.fused_attn for block in blocks]
         try:
