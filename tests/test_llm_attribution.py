@@ -90,7 +90,7 @@ def expected_rows(method, model, prompt, target, **options):
     if method == "rollout":
         return attention_rollout(attentions, **options)[-1, 0, positions]
     if method == "flow":
-        return attention_flow(attentions, output_positions=positions, **options)[0]
+        return attention_flow(attentions, token_index=torch.tensor([positions]), **options)[0]
     return torch.stack(attentions)[-1, 0].mean(0)[positions]
 
 
@@ -131,6 +131,25 @@ def test_include_generated_labels_and_layer_option(llama):
     first_layer = attention_rollout(reference_attentions(llama, ids))[0, 0, 6:10]
     torch.testing.assert_close(result.token_attr, first_layer, atol=1e-6, rtol=1e-5)
     assert not torch.allclose(first_layer, expected.float())  # the option was not ignored
+
+
+@pytest.mark.parametrize("method", ["rollout", "flow"])
+def test_one_forward_pass_and_one_engine_call(llama, method, monkeypatch):
+    """Teacher forcing: every target token's row from one forward; flow solves all T sources at once."""
+    from captum_attnflow.functional import _maxflow
+
+    forwards, engine_calls = [], []
+    solve = _maxflow.max_flows_for_tasks
+    monkeypatch.setattr(_maxflow, "max_flows_for_tasks",
+                        lambda *args, **kwargs: engine_calls.append(len(args[2])) or solve(*args, **kwargs))
+    handle = llama.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    try:
+        explainer = LLMAttentionAttribution(METHODS[method](llama), TOKENIZER)
+        result = explainer.attribute(TextTokenInput(PROMPT, TOKENIZER), target=TARGET)
+    finally:
+        handle.remove()
+    assert result.token_attr.shape[0] == 4 and len(forwards) == 1
+    assert engine_calls == ([4] if method == "flow" else [])  # one call, the 4 sources of the target
 
 
 def test_target_as_token_ids_equals_string(llama):
@@ -285,6 +304,8 @@ def test_target_past_the_maximum_length(llama):
     (lambda e, i: e.attribute(i, target="are", gen_args={"max_new_tokens": 2}), InvalidParameterError, "gen_args"),
     (lambda e, i: e.attribute(i, target="are", token_index=0), InvalidParameterError, "token_index"),
     (lambda e, i: e.attribute(i, target="are", return_all_layers=True), InvalidParameterError, "return_all_layers"),
+    (lambda e, i: e.attribute(i, target="are", attention_mask=torch.ones(1, 8)), InvalidParameterError,
+     "attention_mask"),
     (lambda e, i: e.attribute(i, target="are", normalise=True), InvalidParameterError, "normalise"),
     (lambda e, i: e.attribute(i, target="are", include_generated="yes"), InvalidParameterError, "include_generated"),
     (lambda e, i: e.attribute("the keys", target="are"), InvalidInputTypeError, "TextTokenInput"),
@@ -293,7 +314,7 @@ def test_target_past_the_maximum_length(llama):
     (lambda e, i: e.attribute(i, target=3), InvalidInputTypeError, "str or a 1-D tensor"),
     (lambda e, i: e.attribute_batch([i, i], ["are"]), InvalidParameterError, "one per prompt"),
     (lambda e, i: e.attribute_batch(i, ["are"]), InvalidInputTypeError, "list"),
-], ids=["gen_args-with-target", "token_index", "return_all_layers", "unknown-option", "flag", "string-input",
+], ids=["gen_args-with-target", "token_index", "return_all_layers", "attention_mask", "unknown-option", "flag", "string-input",
         "empty-target", "float-target", "int-target", "targets-count", "not-a-list"])
 def test_bad_arguments_get_documented_errors(llama, call, error, match):
     explainer = LLMAttentionAttribution(AttentionFlow(llama), TOKENIZER)

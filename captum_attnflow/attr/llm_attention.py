@@ -27,7 +27,7 @@ from captum_attnflow.exceptions import (
 DEFAULT_GEN_ARGS: Dict[str, Any] = {"max_new_tokens": 25, "do_sample": False, "temperature": None, "top_p": None}
 #: Options of the wrapped method that this class sets itself.
 _RESERVED_OPTIONS = ("token_index", "return_all_layers", "additional_forward_args", "target",
-                     "return_patch_grid")
+                     "attention_mask", "return_patch_grid")
 #: Mass a predicting position may put on a later token before the model counts as non-causal.
 _CAUSAL_TOLERANCE = 1e-6
 
@@ -298,14 +298,10 @@ class LLMAttentionAttribution(Attribution):
 
     def _explained_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
                         options: Dict[str, Any]) -> torch.Tensor:
-        """``(B, P, S)``: the rows of the ``(B, P)`` explained positions.
-
-        FALLBACK until main's ``token_index=(B, P)`` API lands: one attribute call per column.
-        """
-        columns = [self._explainer.attribute(input_ids, additional_forward_args=(attention_mask,),
-                                             token_index=positions[:, p], **options)
-                   for p in range(positions.shape[1])]
-        return torch.stack(columns, dim=1)
+        """``(B, P, S)``: the rows of the ``(B, P)`` explained positions, from one capture (one
+        forward pass) and, for flow, one engine call."""
+        return self._explainer.attribute(input_ids, additional_forward_args=(attention_mask,), token_index=positions,
+                                         **options)
 
     def _result(self, inp, prompt: _Prompt, target: torch.Tensor, rows: torch.Tensor,
                 include_generated: bool) -> LLMAttributionResult:
