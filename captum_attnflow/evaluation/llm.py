@@ -122,12 +122,16 @@ class LLMAttributionEvaluator:
                 values[key].extend(token_values)
                 per_token.extend(dict(prompt=index, token=t, metric=key[0], method=key[2], value=value)
                                  for t, value in enumerate(token_values))
-        return LLMEvaluationResult.from_values({key: np.asarray(v) for key, v in values.items()}, per_token)
+        return LLMEvaluationResult.from_values({key: np.asarray(v) for key, v in values.items()}, per_token,
+                                               methods=self._names())
 
     # ------------------------------------------------------------------ steps
 
+    def _names(self) -> List[str]:
+        return list(self.methods) + ([RANDOM] if self.random_baseline else [])
+
     def _keys(self) -> List[Tuple]:
-        names = list(self.methods) + ([RANDOM] if self.random_baseline else [])
+        names = self._names()
         keys = []
         for metric in self.metrics:
             if metric == "spearman":
@@ -258,6 +262,7 @@ class LLMEvaluationResult(EvaluationResult):
         rows, per_example: as in :class:`EvaluationResult`; ``per_example`` arrays hold one value
             per generated token (all prompts concatenated).
         per_token: list of dicts ``prompt, token, metric, method, value`` (one per token).
+        methods: the method names in display order (the evaluator's order, ``"random"`` last).
 
     Example:
         >>> import numpy as np
@@ -268,15 +273,17 @@ class LLMEvaluationResult(EvaluationResult):
         | flow | 0.750 ± 0.354 (n=2) |
     """
 
-    def __init__(self, rows, per_example=None, per_token: Optional[List[Dict[str, Any]]] = None) -> None:
+    def __init__(self, rows, per_example=None, per_token: Optional[List[Dict[str, Any]]] = None,
+                 methods: Optional[List[str]] = None) -> None:
         super().__init__(rows, per_example)
         self.per_token = per_token if per_token is not None else []
+        self.methods = methods if methods is not None else list(dict.fromkeys(row["method"] for row in rows))
 
     @classmethod
-    def from_values(cls, per_example: Dict[tuple, np.ndarray],
-                    per_token: Optional[List[Dict[str, Any]]] = None) -> "LLMEvaluationResult":
+    def from_values(cls, per_example: Dict[tuple, np.ndarray], per_token: Optional[List[Dict[str, Any]]] = None,
+                    methods: Optional[List[str]] = None) -> "LLMEvaluationResult":
         summary = EvaluationResult.from_values(per_example)
-        return cls(summary.rows, summary.per_example, per_token)
+        return cls(summary.rows, summary.per_example, per_token, methods)
 
     def _columns(self) -> List[Tuple[str, Optional[str]]]:
         return list(dict.fromkeys((row["metric"], row["reference"]) for row in self.rows))
@@ -284,14 +291,13 @@ class LLMEvaluationResult(EvaluationResult):
     def summary_markdown(self, digits: int = 3) -> str:
         """A table with one row per method and one ``mean ± std (n)`` column per metric."""
         columns = self._columns()
-        methods = list(dict.fromkeys(row["method"] for row in self.rows))
         header = [_LABELS[metric].format(reference=reference) for metric, reference in columns]
         lines = ["| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(columns)]
-        for method in methods:
+        for method in self.methods:
             cells = []
             for metric, reference in columns:
                 found = self.select(metric=metric, reference=reference, method=method)
-                cells.append(_mean_std(found[0], digits) if found else "—")
+                cells.append(_mean_std(found[0], digits) if found else "(reference)" if method == reference else "—")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -306,14 +312,16 @@ class LLMEvaluationResult(EvaluationResult):
         columns = self._columns()
         figure = Figure(figsize=(4.2 * len(columns), 3.4))
         FigureCanvasAgg(figure)
+        positions = range(len(self.methods))
         for index, (metric, reference) in enumerate(columns):
             axes = figure.add_subplot(1, len(columns), index + 1)
-            rows = self.select(metric=metric, reference=reference)
-            means = [row["mean"] for row in rows]
-            stds = np.nan_to_num([row["std"] for row in rows])
-            axes.bar(range(len(rows)), means, yerr=stds, capsize=4,
-                     color=[f"C{i % 10}" for i in range(len(rows))])
-            axes.set_xticks(range(len(rows)), [row["method"] for row in rows], rotation=20, ha="right")
+            for position, method in enumerate(self.methods):  # same place and colour in every panel
+                found = self.select(metric=metric, reference=reference, method=method)
+                if found:
+                    axes.bar(position, found[0]["mean"], yerr=np.nan_to_num(found[0]["std"]), capsize=4,
+                             color=f"C{position % 10}")
+            axes.set_xticks(positions, [f"{m} (reference)" if m == reference else m for m in self.methods],
+                            rotation=20, ha="right")
             axes.axhline(0.0, color="black", linewidth=0.8)
             axes.set_title(_LABELS[metric].format(reference=reference), fontsize="medium")
             axes.set_ylabel("mean ± std over generated tokens")
