@@ -51,18 +51,23 @@ def _seconds(function: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def side_by_side(functions: Dict[str, Callable[[], object]], blocks: int, per_block: int = 3) -> Dict[str, float]:
-    """Median seconds of each function, run in alternating blocks after one warm-up call each."""
+def side_by_side(functions: Dict[str, Callable[[], object]], rounds: int) -> Dict[str, float]:
+    """Median seconds of each function over ``rounds`` rounds of one call each, after a warm-up call.
+
+    Calls alternate one by one, so bursts of other work on a shared machine hit every function
+    alike (blocks of several calls let one burst fall on a single function).
+    """
     for function in functions.values():
         function()
     times: Dict[str, List[float]] = {name: [] for name in functions}
-    for _ in range(blocks):
+    for _ in range(rounds):
         for name, function in functions.items():
-            times[name] += [_seconds(function) for _ in range(per_block)]
+            times[name].append(_seconds(function))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def token_attr_vs_forward(model_name: str, prompt_len: int = 64, target_len: int = 32, blocks: int = 5) -> Dict:
+def token_attr_vs_forward(model_name: str, prompt_len: int = 64, target_len: int = 32, rounds: int = 25,
+                          settle_s: float = 1.0) -> Dict:
     """Seconds of one plain forward over prompt + target, and of rollout / flow ``token_attr``."""
     config = dict(MODELS[model_name])
     model = build_model(**config)
@@ -82,11 +87,14 @@ def token_attr_vs_forward(model_name: str, prompt_len: int = 64, target_len: int
         with torch.no_grad():
             model(sequence)
 
-    timings = side_by_side({
-        "forward": forward,
-        "rollout": lambda: rollout.attribute(inp, target=target),
-        "flow": lambda: flow.attribute(inp, target=target),
-    }, blocks)
+    # Flow is timed after the rollout/forward rounds: a flow call (numba's OpenMP threading layer)
+    # leaves torch's OpenMP thread count at numba's and its worker threads spinning for a moment,
+    # which slows whatever torch runs next; the thread count is put back and the threads let park.
+    threads = torch.get_num_threads()
+    timings = side_by_side({"forward": forward, "rollout": lambda: rollout.attribute(inp, target=target)}, rounds)
+    timings.update(side_by_side({"flow": lambda: flow.attribute(inp, target=target)}, max(2, rounds // 5)))
+    torch.set_num_threads(threads)
+    time.sleep(settle_s)
     shape = rollout.attribute(inp, target=target).token_attr.shape
     assert tuple(shape) == (target_len, prompt_len), shape
     return dict(model=model_name, prompt_len=prompt_len, target_len=target_len, forward_s=timings["forward"],
@@ -94,8 +102,11 @@ def token_attr_vs_forward(model_name: str, prompt_len: int = 64, target_len: int
                 rollout_ratio=timings["rollout"] / timings["forward"], flow_ratio=timings["flow"] / timings["forward"])
 
 
-def llm_targets(quick: bool = False, threads: int = 2) -> List[Dict]:
+def llm_targets(quick: bool = False, threads: int = 1) -> List[Dict]:
     """The measured LLM rows of ``make bench``: one per model, each with its verdict.
+
+    ``threads`` torch threads (default 1: on a small machine shared with other work, two
+    threads per operation wait on each other and make both timings noisy and slow).
 
     Each row: ``target`` (what is measured), ``measured`` (the ratios and times, formatted),
     ``goal``, ``status`` (``"met"`` / ``"NOT met"`` for rollout; flow is reported beside it),
@@ -105,7 +116,7 @@ def llm_targets(quick: bool = False, threads: int = 2) -> List[Dict]:
     torch.set_num_threads(threads)
     rows = []
     for model_name in MODELS:
-        lengths = dict(prompt_len=16, target_len=8, blocks=1) if quick else {}
+        lengths = dict(prompt_len=16, target_len=8, rounds=2, settle_s=0.0) if quick else {}
         result = token_attr_vs_forward(model_name, **lengths)
         result.update(
             target=(f"`LLMAttentionAttribution` `token_attr`, {result['target_len']} generated tokens after a "
@@ -123,7 +134,7 @@ def llm_targets(quick: bool = False, threads: int = 2) -> List[Dict]:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     args = parser.parse_args(argv)
     print("| target | measured | goal | status |\n|---|---|---|---|")
     for row in llm_targets(args.quick, args.threads):

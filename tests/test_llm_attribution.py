@@ -444,3 +444,24 @@ def test_evaluation_refuses_mismatched_settings(llama):
                                           method_kwargs={"rollout": {"include_generated": True}}, progress=False)
     with pytest.raises(InvalidInputError, match="include_generated=False"):
         full_matrix.evaluate([inp], ["are on"])
+
+
+def test_llm_benchmark_rows():
+    """benchmarks/llm_bench.py cannot rot: its quick run measures one row per model with a verdict."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "llm_bench.py"
+    spec = importlib.util.spec_from_file_location("llm_bench", path)
+    llm_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(llm_bench)
+    threads = torch.get_num_threads()
+    try:
+        rows = llm_bench.llm_targets(quick=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert [row["model"] for row in rows] == list(llm_bench.MODELS)
+    for row in rows:
+        assert row["status"] in ("met", "NOT met") and "rollout" in row["measured"]
+        assert row["rollout_ratio"] == pytest.approx(row["rollout_s"] / row["forward_s"])
+        assert min(row["forward_s"], row["rollout_s"], row["flow_s"]) > 0

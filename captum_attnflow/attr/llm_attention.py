@@ -139,8 +139,8 @@ class LLMAttentionAttribution(Attribution):
             **kwargs: options of the wrapped method's ``attribute``: ``layer``, ``head_fusion``,
                 ``residual_weight``, ``discard_ratio``, ``causal_normalization`` (recommended
                 for decoders, see :mod:`captum_attnflow.functional.causal`), and for flow
-                ``normalize``, ``backend``, ``allow_large``, ``executor``. ``token_index`` and
-                ``return_all_layers`` are set by this class.
+                ``normalize``, ``backend``, ``allow_large``, ``executor``. ``token_index``,
+                ``return_all_layers`` and ``attention_mask`` are set by this class.
 
         Returns:
             :class:`captum.attr.LLMAttributionResult` with ``token_attr`` of shape
