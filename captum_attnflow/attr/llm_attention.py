@@ -68,7 +68,7 @@ class LLMAttentionAttribution(Attribution):
     text between values is no feature); values grouped by its ``mask`` share their group's
     sum, as in Captum. With ``include_generated=True`` the earlier generated tokens are added
     as features (the full matrix: token ``t`` can draw on targets ``0 … t−1``, later ones are
-    0); by default only the prompt is shown, Captum's view. Rollout and normalised flow rows
+    0); by default only the prompt is shown, Captum's view. Rollout and normalized flow rows
     sum to 1 over every position, so the mass on template text, skipped tokens and (by
     default) earlier generated tokens is not shown. ``seq_attr`` is the sum of the rows, as in
     :class:`captum.attr.LLMGradientAttribution`.

@@ -315,7 +315,7 @@ class LLMEvaluationResult(EvaluationResult):
         positions = range(len(self.methods))
         for index, (metric, reference) in enumerate(columns):
             axes = figure.add_subplot(1, len(columns), index + 1)
-            for position, method in enumerate(self.methods):  # same place and colour in every panel
+            for position, method in enumerate(self.methods):  # same place and color in every panel
                 found = self.select(metric=metric, reference=reference, method=method)
                 if found:
                     axes.bar(position, found[0]["mean"], yerr=np.nan_to_num(found[0]["std"]), capsize=4,
