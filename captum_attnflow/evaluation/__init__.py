@@ -19,6 +19,7 @@ Example:
 
 from captum_attnflow.evaluation.embeddings import EmbeddingAttribution
 from captum_attnflow.evaluation.harness import METRICS, AttributionEvaluator, evaluate_attributions
+from captum_attnflow.evaluation.llm import LLM_METRICS, LLMAttributionEvaluator, LLMEvaluationResult
 from captum_attnflow.evaluation.metrics import (
     AOPC_BINS,
     BlankOut,
@@ -44,6 +45,9 @@ __all__ = [
     "BlankOut",
     "EmbeddingAttribution",
     "EvaluationResult",
+    "LLM_METRICS",
+    "LLMAttributionEvaluator",
+    "LLMEvaluationResult",
     "aopc_scores",
     "blank_out_attribution",
     "eligible_tokens",
