@@ -174,14 +174,19 @@ class HuggingFaceAdapter(AttentionAdapter):
             _legacy_attention_modules(m) for m in pretrained_models[:1])
 
     def _owner(self) -> nn.Module:
-        """The outermost PreTrainedModel that declares attention recorders (else the outermost)."""
-        pretrained_models = _pretrained_models(self.model)
-        for pretrained in pretrained_models:
-            if _attention_specs(pretrained):
-                return pretrained
-        if pretrained_models:
-            return pretrained_models[0]
-        raise AttentionCaptureError(f"{type(self.model).__name__} holds no Hugging Face model.")
+        """The outermost PreTrainedModel that declares attention recorders (else the outermost).
+
+        Found once per adapter: walking every module on each call costs more than a small
+        model's forward pass.
+        """
+        owner = self.__dict__.get("_found_owner")
+        if owner is None:
+            pretrained_models = _pretrained_models(self.model)
+            if not pretrained_models:
+                raise AttentionCaptureError(f"{type(self.model).__name__} holds no Hugging Face model.")
+            owner = next((m for m in pretrained_models if _attention_specs(m)), pretrained_models[0])
+            self._found_owner = owner
+        return owner
 
     def stack_module(self) -> nn.Module:
         """The base model (or the encoder of an encoder-decoder): it receives the padding mask."""
@@ -193,24 +198,28 @@ class HuggingFaceAdapter(AttentionAdapter):
         return base if isinstance(base, nn.Module) else owner
 
     def attention_modules(self) -> List[nn.Module]:
+        if "_found" not in self.__dict__:
+            self._found = self._find_attention_modules()  # one attribute: threads see both parts or neither
+        return list(self._found[0])
+
+    def _find_attention_modules(self) -> Tuple[List[nn.Module], Dict[int, int]]:
+        """The self-attention modules and, per module, where its output holds the weights."""
         owner = self._owner()
         # Only the encoder's self-attention of encoder-decoder models: one stack, one sequence.
         root = _encoder_of(owner) or owner
-        self._indices: Dict[int, int] = {}
         specs = _attention_specs(owner)
         if not specs:
             found = _legacy_attention_modules(root)
-            self._indices = {id(m): 1 for m in found}
-            return found
+            return found, {id(m): 1 for m in found}
         in_root = {id(m) for m in root.modules()}
-        found = []
+        found, indices = [], {}
         for spec in specs:
             # Names relative to the owner, as the specs' layer names are written.
             for name, module in owner.named_modules():
-                if id(module) in in_root and _matches(name, module, spec) and id(module) not in self._indices:
-                    self._indices[id(module)] = spec[1]
+                if id(module) in in_root and _matches(name, module, spec) and id(module) not in indices:
+                    indices[id(module)] = spec[1]
                     found.append(module)
-        return found
+        return found, indices
 
     def expected_num_layers(self) -> Optional[int]:
         """The config's layer count (ALBERT-style shared layers run one module several times)."""
@@ -226,7 +235,7 @@ class HuggingFaceAdapter(AttentionAdapter):
     def weights_from_output(self, module: nn.Module, output: Any) -> Optional[torch.Tensor]:
         if not isinstance(output, (tuple, list)):
             return None
-        index = getattr(self, "_indices", {}).get(id(module), 1)
+        index = self.__dict__.get("_found", ([], {}))[1].get(id(module), 1)
         try:
             weights = output[index]
         except IndexError:
