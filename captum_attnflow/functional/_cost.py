@@ -76,3 +76,9 @@ def check_flow_budget(cost: FlowCost, allow_large: bool) -> FlowCost:
         f"{FLOW_MEMORY_BUDGET_BYTES / 1024 ** 2:,.0f} MiB). Pass allow_large=True to run it anyway, "
         "or make it smaller: fewer explained positions (one token_index instead of 'mean'), an "
         "earlier layer, shorter inputs or smaller batches; attention rollout is the cheap alternative.")
+
+
+
+def typical_problem_seconds(num_layers: int, seq_len: int) -> float:
+    """Seconds one problem typically takes on one core (chunk sizing only, not the budget)."""
+    return 30 * num_layers * seq_len * 8e-9
