@@ -169,8 +169,9 @@ def scipy_max_flow(transitions: np.ndarray, sources: List[int], valid: Optional[
 # only there; the other inputs are dead ends for this problem.
 #
 # Work counters (``work``, per solver thread): [0] steps of the first phase (arcs examined,
-# augmentations), [1] of later phases (BFS arcs, blocking-flow steps), [2] later phases run,
-# [3] problems whose change log overflowed (R restored in full).
+# edges added to or removed from the path), [1] BFS steps of later phases, [2] later phases
+# run, [3] problems whose change log overflowed (R restored in full), [4] blocking-flow steps
+# of later phases.
 
 def _first_phase(capacity, residual, log, state, alive, pointer, path, key, prefix, source, sink, tol, bound,
                  work):
@@ -497,7 +498,7 @@ def _blocking_flow(capacity, residual, log, state, level, order, count, rank, al
             break
         depth -= 1
     state[0] = logged
-    work[1] += steps
+    work[4] += steps
     return sent
 
 
@@ -695,18 +696,36 @@ class _Progress:
             self.bar.close()
 
 
-def _numba_flows(capacities, examples, sources, valid, *, show_progress, work):
-    from captum_attnflow.functional._cost import typical_problem_seconds
+def typical_problem_seconds(num_layers: int, seq_len: int) -> float:
+    """Seconds one problem typically takes on one quiet core (about 10·l·S steps of 8 ns);
+    sizes the chunks only. The budget's cautious estimate is in ``_cost``."""
+    return 10 * num_layers * seq_len * 8e-9
 
+
+def all_positions(batch_size: int, seq_len: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``examples, positions`` listing every position of every example as a source, in
+    order: the ``(B·S, S)`` result of :func:`max_flows_for_tasks` reshapes to ``(B, S, S)``,
+    row ``[b, p]`` being the flow from position p of example b to every input.
+
+    Example:
+        >>> all_positions(2, 3)
+        (array([0, 0, 0, 1, 1, 1]), array([0, 1, 2, 0, 1, 2]))
+    """
+    return np.repeat(np.arange(batch_size), seq_len), np.tile(np.arange(seq_len), batch_size)
+
+
+def _numba_flows(capacities, examples, sources, valid, *, show_progress, work):
     num_layers, seq_len = capacities.shape[1], capacities.shape[2]
     out = np.zeros((len(sources), seq_len))
     jobs = np.flatnonzero(valid[examples].ravel()).astype(np.int64)
     if len(jobs) == 0:
         return out
     per_problem = typical_problem_seconds(num_layers, seq_len)
-    # Chunks of about 50 ms: threads pull them as they go (balance), the bar moves with them;
-    # small calls run on the calling thread, where starting threads would cost more.
-    chunk_size = max(16, int(0.05 / per_problem))
+    # Chunks of 1-50 ms, about four per thread: threads pull them as they go (balance), the
+    # bar moves with them; a call of one chunk runs on the calling thread, where handing it
+    # to a thread would cost more than it saves.
+    smallest, largest = max(16, int(1e-3 / per_problem)), max(16, int(0.05 / per_problem))
+    chunk_size = min(max(smallest, -(-len(jobs) // (4 * worker_count()))), largest)
     threads = min(worker_count(), -(-len(jobs) // chunk_size))
     if threads <= 1 and show_progress is False:
         chunk_size = len(jobs)
@@ -778,11 +797,13 @@ def max_flows_for_tasks(transitions: np.ndarray, examples: Sequence[int], source
         show_progress: ``None`` shows a tqdm progress bar once the call has run for 2 s
             (``PROGRESS_AFTER_S``); ``True``/``False`` force it on or off. The bar advances as
             chunks of problems finish (numba engine).
-        work: optional int64 array of 4 counters the numba engine adds its work to (arcs
-            examined in the first phase, in later phases, later phases run, flow-log
-            overflows); for the cost model's calibration and tests.
+        work: optional int64 array of 5 counters the numba engine adds its work to (steps of
+            the first phase, BFS steps of later phases, later phases run, change-log
+            overflows, blocking-flow steps of later phases); for the cost model and tests.
     """
     engine = resolve_backend(backend)
+    if show_progress is not None and not isinstance(show_progress, bool):
+        raise InvalidParameterError(f"show_progress must be None (automatic), True or False, got {show_progress!r}.")
     batch_size, num_layers, seq_len, _ = transitions.shape
     examples = np.asarray(examples, dtype=np.int64)
     sources = np.asarray(sources, dtype=np.int64)
@@ -790,7 +811,7 @@ def max_flows_for_tasks(transitions: np.ndarray, examples: Sequence[int], source
     if engine == "numba":
         return _numba_flows(np.ascontiguousarray(transitions, dtype=np.float64), examples, sources,
                             np.ascontiguousarray(valid), show_progress=show_progress,
-                            work=np.zeros(4, np.int64) if work is None else work)
+                            work=np.zeros(5, np.int64) if work is None else work)
     solve = scipy_max_flow if engine == "scipy" else networkx_max_flow
     flows = np.zeros((len(sources), seq_len))
     for example in np.unique(examples):
