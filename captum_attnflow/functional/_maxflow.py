@@ -721,14 +721,16 @@ def _numba_flows(capacities, examples, sources, valid, *, show_progress, work):
     if len(jobs) == 0:
         return out
     per_problem = typical_problem_seconds(num_layers, seq_len)
-    # Chunks of 1-50 ms, about four per thread: threads pull them as they go (balance), the
-    # bar moves with them; a call of one chunk runs on the calling thread, where handing it
-    # to a thread would cost more than it saves.
-    smallest, largest = max(16, int(1e-3 / per_problem)), max(16, int(0.05 / per_problem))
-    chunk_size = min(max(smallest, -(-len(jobs) // (4 * worker_count()))), largest)
-    threads = min(worker_count(), -(-len(jobs) // chunk_size))
-    if threads <= 1 and show_progress is False:
-        chunk_size = len(jobs)
+    # Chunks of 0.1-50 ms, about four per thread: threads pull them as they go (balance) and
+    # the bar moves with them. A call under 0.5 ms runs on the calling thread: handing work
+    # to threads would cost more than it saves.
+    workers = worker_count()
+    smallest, largest = max(8, int(1e-4 / per_problem)), max(16, int(0.05 / per_problem))
+    chunk_size = min(max(smallest, -(-len(jobs) // (4 * workers))), largest)
+    threads = min(workers, -(-len(jobs) // chunk_size))
+    if threads <= 1 or len(jobs) * per_problem < 5e-4:
+        threads = 1
+        chunk_size = len(jobs) if show_progress is False else largest
     chunks = [jobs[start:start + chunk_size] for start in range(0, len(jobs), chunk_size)]
     progress = _Progress(len(jobs), show_progress)
     tol = RESIDUAL_TOLERANCE
