@@ -721,14 +721,14 @@ def _numba_flows(capacities, examples, sources, valid, *, show_progress, work):
     if len(jobs) == 0:
         return out
     per_problem = typical_problem_seconds(num_layers, seq_len)
-    # Chunks of 0.1-50 ms, about four per thread: threads pull them as they go (balance) and
-    # the bar moves with them. A call under 0.5 ms runs on the calling thread: handing work
-    # to threads would cost more than it saves.
+    # Chunks of 0.05-50 ms, about four per thread: threads pull them as they go (balance) and
+    # the bar moves with them. A call under 0.2 ms runs on the calling thread alone: handing
+    # work to another thread would cost more than it saves.
     workers = worker_count()
-    smallest, largest = max(8, int(1e-4 / per_problem)), max(16, int(0.05 / per_problem))
+    smallest, largest = max(4, int(5e-5 / per_problem)), max(16, int(0.05 / per_problem))
     chunk_size = min(max(smallest, -(-len(jobs) // (4 * workers))), largest)
     threads = min(workers, -(-len(jobs) // chunk_size))
-    if threads <= 1 or len(jobs) * per_problem < 5e-4:
+    if threads <= 1 or len(jobs) * per_problem < 2e-4:
         threads = 1
         chunk_size = len(jobs) if show_progress is False else largest
     chunks = [jobs[start:start + chunk_size] for start in range(0, len(jobs), chunk_size)]
@@ -750,10 +750,12 @@ def _numba_flows(capacities, examples, sources, valid, *, show_progress, work):
 
 
 def _solve_on_threads(capacities, examples, sources, valid, chunks, tol, out, threads, progress, work):
-    """Threads pull chunks from a shared counter; the calling thread waits and moves the bar.
+    """The calling thread and ``threads - 1`` pool threads pull chunks from a shared counter.
 
     The solver releases the GIL (``nogil``), so the threads run in parallel; no numba
-    threading layer is involved, hence no workqueue abort when several calls overlap.
+    threading layer is involved, hence no workqueue abort when several calls overlap. The
+    calling thread works too (one hand-off fewer, which matters for calls of a millisecond)
+    and moves the progress bar between its chunks and while it waits for the others.
     """
     next_chunk = itertools.count()  # next() is atomic under the GIL
     done = np.zeros(threads, np.int64)  # problems finished, one slot per thread
@@ -767,9 +769,13 @@ def _solve_on_threads(capacities, examples, sources, valid, chunks, tol, out, th
                 return
             _solve_jobs(capacities, examples, sources, valid, chunks[index], tol, out, space, works[thread])
             done[thread] += len(chunks[index])
+            if thread == 0:
+                progress.update_to(int(done.sum()))
 
-    futures = [_thread_pool(worker_count()).submit(run, thread) for thread in range(threads)]
+    pool = _thread_pool(worker_count())
+    futures = [pool.submit(run, thread) for thread in range(1, threads)]
     try:
+        run(0)
         pending = set(futures)
         while pending:
             finished, pending = wait(pending, timeout=0.1)
