@@ -330,3 +330,20 @@ def test_memory_estimate_counts_the_batch():
 def test_unknown_backend_lists_the_choices():
     with pytest.raises(ValueError, match="backend"):
         _maxflow.check_backend("scipy-typo")
+
+
+def test_attention_flow_budget_counts_every_example_of_the_batch(monkeypatch):
+    # The class once estimated a batch's memory as one example's: a batch 8 times larger than
+    # the memory budget allows must be refused before solving.
+    from transformers import BertConfig, BertModel
+
+    from captum_attnflow import AttentionFlow, ProblemTooLargeError
+
+    model = BertModel(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=16)).eval()
+    ids = torch.randint(1, 30, (8, 12), generator=torch.Generator().manual_seed(0))
+    one = _cost.estimate_flow_cost(2, 12, 1, 1).memory_bytes
+    monkeypatch.setattr(_cost, "FLOW_MEMORY_BUDGET_BYTES", 2 * one)
+    AttentionFlow(model).attribute(ids[:1])  # one example fits
+    with pytest.raises(ProblemTooLargeError, match="MiB"):
+        AttentionFlow(model).attribute(ids)

@@ -91,8 +91,8 @@ class AttentionFlow(AttentionAttributionBase):
                       causal_normalization: bool, executor: Optional[Executor] = None) -> torch.Tensor:
         _maxflow.check_backend(backend)
         # One solve per explained token of every example; the causal baseline doubles it.
-        cost = estimate_flow_cost([layer + 1 for layer in layers], captured.attentions.shape[-1], 1,
-                                  sum(len(p) for p in positions), backend=backend,
+        cost = estimate_flow_cost([layer + 1 for layer in layers], captured.attentions.shape[-1], len(positions),
+                                  [len(p) for p in positions], backend=backend,
                                   repeats=2 if causal_normalization else 1)
         check_flow_budget(cost, allow_large)
         transitions = transition_matrices(captured.attentions, head_fusion=captured.head_fusion or "mean",
