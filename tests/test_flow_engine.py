@@ -194,8 +194,8 @@ def test_concurrent_calls_under_the_workqueue_threading_layer():
     output = run_engine_script("""
         import threading, numba
         from captum_attnflow.functional import _maxflow
-        graphs = [graph(seed) for seed in range(4)]
-        everything = list(range(30))
+        graphs = [graph(seed, layers=4, size=48) for seed in range(4)]  # big enough for the engine's threads
+        everything = list(range(48))
         serial = [_maxflow.max_flow_to_inputs(g, everything, show_progress=False) for g in graphs]
         results = [None] * 8
         def run(index):

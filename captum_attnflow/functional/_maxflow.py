@@ -7,11 +7,14 @@ Graph: a node per ``(layer, position)``, layer 0 holding the inputs. ``transitio
 Three engines:
 
 * ``"numba"`` (the default behind ``"auto"``): Dinic's algorithm compiled with numba and
-  specialised to the layered graph; see :func:`_one_max_flow`. Capacities and flows are dense
-  ``(l, S, S)`` arrays, so there is no graph to build. The problems of a call are split into
-  chunks that the engine's own threads solve (numba functions that release the GIL, no numba
-  threading layer), so concurrent calls are safe under every numba threading layer and in
-  forked processes.
+  specialised to the layered graph; see :func:`_one_max_flow`. Capacities and residual
+  capacities are dense ``(l, S, S)`` arrays, so there is no graph to build. The search touches
+  only what it must: dead ends are skipped in O(1) (:func:`_first_phase`, :func:`_levels`,
+  :func:`_blocking_flow`), an augmentation costs O(1), and a minimum cut certified for one
+  problem bounds every other problem of the example (:func:`_solve_jobs`), so most problems
+  end without a BFS. The problems of a call are split into chunks that the engine's own
+  threads solve (numba functions that release the GIL, no numba threading layer), so
+  concurrent calls are safe under every numba threading layer and in forked processes.
 * ``"scipy"``: :func:`scipy.sparse.csgraph.maximum_flow` (Dinic, compiled) on capacities scaled
   to integers, one graph per example; the fallback when numba cannot be imported.
 * ``"networkx"``: the authors' Edmonds–Karp through networkx, one graph per example, for
@@ -721,14 +724,14 @@ def _numba_flows(capacities, examples, sources, valid, *, show_progress, work):
     if len(jobs) == 0:
         return out
     per_problem = typical_problem_seconds(num_layers, seq_len)
-    # Chunks of 0.05-50 ms, about four per thread: threads pull them as they go (balance) and
-    # the bar moves with them. A call under 0.2 ms runs on the calling thread alone: handing
-    # work to another thread would cost more than it saves.
+    # Chunks of 1-50 ms, about four per thread: threads pull them as they go (balance) and
+    # the bar moves with them. A call under 10 ms runs on the calling thread alone: on a busy
+    # machine a second thread may be scheduled milliseconds late, and the call waits for it.
     workers = worker_count()
-    smallest, largest = max(4, int(5e-5 / per_problem)), max(16, int(0.05 / per_problem))
+    smallest, largest = max(4, int(1e-3 / per_problem)), max(16, int(0.05 / per_problem))
     chunk_size = min(max(smallest, -(-len(jobs) // (4 * workers))), largest)
     threads = min(workers, -(-len(jobs) // chunk_size))
-    if threads <= 1 or len(jobs) * per_problem < 2e-4:
+    if threads <= 1 or len(jobs) * per_problem < 1e-2:
         threads = 1
         chunk_size = len(jobs) if show_progress is False else largest
     chunks = [jobs[start:start + chunk_size] for start in range(0, len(jobs), chunk_size)]
