@@ -227,12 +227,14 @@ def _first_phase(capacity, residual, log, state, alive, pointer, path, key, pref
             last = retreat  # edges retreat..depth-1 leave the path: write their residuals back
         else:
             b = seq_len
-            if n == 1:  # layer 1 leads only to the sink
+            available = 0.0
+            if n == 1:  # layer 1 leads only to the sink (a one-layer graph)
                 if residual[0, a, sink] > tol:
                     b = sink
             else:  # heads from the node's own column on, wrapping around: p in [a, a + S)
                 m = n - 1
                 p = pointer[n, a]
+                available = prefix[depth] - sent  # what the path can still bring to this node
                 while True:
                     wrapped = p >= seq_len
                     q = p - seq_len if wrapped else p
@@ -257,20 +259,55 @@ def _first_phase(capacity, residual, log, state, alive, pointer, path, key, pref
                         continue
                     p = b + seq_len if wrapped else b
                     steps += 1
-                    if residual[m, a, b] > tol:
-                        break
-                    p += 1
+                    arc = residual[m, a, b]
+                    if arc <= tol:
+                        p += 1
+                        continue
+                    if n > 2:
+                        break  # descend into b
+                    # Layer 2: b's only arc leads to the sink, so push through both edges here,
+                    # head after head, instead of one augmenting path each.
+                    last_arc = residual[0, b, sink]
+                    if last_arc > tol:
+                        amount = min(available, arc, last_arc)
+                        for k, i, j, before in ((1, a, b, arc), (0, b, sink, last_arc)):
+                            if before == capacity[k, i, j]:  # first change of this entry: log it
+                                if logged < log.shape[0]:
+                                    log[logged] = (k * seq_len + i) * seq_len + j
+                                    logged += 1
+                                else:
+                                    state[1] = 1
+                            residual[k, i, j] = before - amount
+                        available -= amount
+                        sent += amount
+                        if last_arc - amount <= tol:
+                            alive[1, b] = b + 1  # b is full
+                        if arc - amount <= tol:
+                            p += 1
+                        if available <= tol or sent >= bound - tol:
+                            break
+                    else:
+                        alive[1, b] = b + 1
                 pointer[n, a] = p
+                if n == 2:
+                    b = seq_len  # never descends
+                    if sent >= bound - tol:
+                        break
             if b < seq_len:
                 key[depth] = residual[top - 1 - depth, a, b] + sent
                 prefix[depth + 1] = min(prefix[depth], key[depth])
                 path[depth + 1] = b
                 depth += 1
                 continue
-            alive[n, a] = a + 1  # dead end for the rest of this phase
-            if depth == 0:
-                break
-            last = depth - 1
+            if n == 2 and available <= tol:  # the path above is full, not this node
+                last = 0
+                while last < depth - 1 and key[last] > sent + tol:
+                    last += 1
+            else:
+                alive[n, a] = a + 1  # dead end for the rest of this phase
+                if depth == 0:
+                    break
+                last = depth - 1
         for d in range(last, depth):
             k = top - 1 - d
             i, j = path[d], path[d + 1]
