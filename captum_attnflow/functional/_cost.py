@@ -6,17 +6,18 @@ predicts the time and memory of a call for the engine that will run it, and
 :func:`check_flow_budget` refuses calls above the budget unless ``allow_large=True``.
 
 Time (numba engine). The engine counts its work in "steps" (an arc examined, an edge added
-to or removed from the search path, a node labelled). Measured over a zoo of attention
-graphs (random softmax at temperatures 0.5–20, 90 % sparse, real MiniLM attention on short
-and long sentences; ``residual_weight`` 0 to 0.5; 2–12 layers, 12–256 tokens), a problem took
-at most ``l·S·(16 + c·√S)`` steps with ``c = 6`` with the residual connection
-(``residual_weight >= 0.1``; the largest ratio, 0.9 of it, on a 25-token MiniLM sentence) and
-``c = 9`` without it (no wide diagonal: longer searches). The tests check the engine's counted
-work against this bound. A step took 6–12 ns on one quiet
-core of this project's 2-core CI machine and up to 30 ns with the machine overloaded
-(load average 6 on 2 cores); the estimate uses 30 ns per step on half the engine's threads,
-so it errs on the slow side by 2–10× on typical attention (the price of covering peaked,
-residual-free graphs, which take up to 10× longer than typical ones).
+to or removed from the search path, a node labelled). Measured over a zoo of attention graphs
+(random softmax at temperatures 0.5–20, 90 % sparse, real MiniLM attention on short and long
+texts; ``residual_weight`` 0 and 0.5; 6–12 layers, 12–256 tokens), a problem took at most
+``l·S·(30 + √S)`` steps with the residual connection (``residual_weight >= 0.1``; the closest,
+0.8 of it, on 12–25-token MiniLM sentences) and ``l·S·(16 + 5·√S)`` without it (no wide
+diagonal: longer searches; at most 0.6 of it). The tests check the engine's counted work against
+this bound. A step took 6–12 ns on one quiet core of this project's 2-core CI machine and up to
+33 ns with the machine overloaded (load average 9 on 2 cores); the estimate uses 40 ns per step
+on half the engine's threads, plus 0.05 s per call. Under that load the estimate stayed 3.8× or
+more above the measured time on every graph of the zoo, and it errs on the slow side by 5–30×
+on typical attention (the price of covering peaked, residual-free graphs, which take up to 10×
+longer than typical ones).
 
 Memory. The batch's fused weights in float32 and float64 (``B·L·S²`` values each, the torch
 side of the call), the engine's contiguous float64 copy of the explained layers
@@ -36,10 +37,9 @@ from captum_attnflow.functional import _maxflow
 FLOW_TIME_BUDGET_S = 60.0
 FLOW_MEMORY_BUDGET_BYTES = 2 * 1024 ** 3
 
-SECONDS_PER_STEP = 30e-9  # numba engine, one thread of an overloaded 2-core machine
+SECONDS_PER_STEP = 40e-9  # numba engine, one thread of an overloaded 2-core machine
 CALL_OVERHEAD_S = 0.05  # starting threads, copying the batch
-_STEPS_BASE = 16.0
-_STEPS_PER_ROOT_S = {"residual": 6.0, "no residual": 9.0}
+_STEPS = {"residual": (30.0, 1.0), "no residual": (16.0, 5.0)}  # l·S·(base + per_root·√S)
 # Per problem, measured the same way (serial engines): scipy's Dinic costs a fixed Python
 # overhead plus a pass over the graph per phase; networkx's Edmonds–Karp ~30 µs per edge.
 _SCIPY_SECONDS = (4e-4, 8e-8)  # (per problem, per edge)
@@ -62,8 +62,8 @@ def steps_per_problem(num_layers: int, seq_len: int, residual_weight: Optional[f
     ``residual_weight=None`` (unknown) assumes the slower residual-free case.
     """
     residual = residual_weight is not None and residual_weight >= 0.1
-    per_root = _STEPS_PER_ROOT_S["residual" if residual else "no residual"]
-    return num_layers * seq_len * (_STEPS_BASE + per_root * math.sqrt(seq_len))
+    base, per_root = _STEPS["residual" if residual else "no residual"]
+    return num_layers * seq_len * (base + per_root * math.sqrt(seq_len))
 
 
 def estimate_flow_cost(num_layers: Union[int, Sequence[int]], seq_len: int, batch_size: int,
