@@ -165,6 +165,22 @@ def test_concurrent_calls_equal_serial_calls():
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_forked_process_pool_after_the_engine_used_its_threads():
+    # numba's OpenMP pool broke forked workers (BrokenProcessPool); the engine's own threads
+    # are recreated in the child.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    graphs = np.stack([softmax_capacities(4, 48, 2.0, seed=seed) for seed in range(4)])
+    everything = [list(range(48))] * 4
+    serial = batched_flow_from_transitions(graphs, everything)  # over 10 ms: uses the engine's threads
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        forked = [pool.submit(batched_flow_from_transitions, graphs[b:b + 1], everything[:1]) for b in range(4)]
+        for expected, future in zip(serial, forked):
+            np.testing.assert_array_equal(future.result()[0], expected)
+
+
 ENGINE_ONLY = textwrap.dedent(f"""
     import sys, types
     # Load the engine without the package's __init__ (torch, transformers): seconds saved.
@@ -196,10 +212,10 @@ def test_concurrent_calls_under_the_workqueue_threading_layer():
         from captum_attnflow.functional import _maxflow
         graphs = [graph(seed, layers=4, size=48) for seed in range(4)]  # big enough for the engine's threads
         everything = list(range(48))
-        serial = [_maxflow.max_flow_to_inputs(g, everything, show_progress=False) for g in graphs]
+        serial = [_maxflow.max_flow_to_inputs(g, everything) for g in graphs]
         results = [None] * 8
         def run(index):
-            results[index] = _maxflow.max_flow_to_inputs(graphs[index % 4], everything, show_progress=False)
+            results[index] = _maxflow.max_flow_to_inputs(graphs[index % 4], everything)
         threads = [threading.Thread(target=run, args=(index,)) for index in range(8)]
         for thread in threads: thread.start()
         for thread in threads: thread.join()
