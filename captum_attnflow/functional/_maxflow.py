@@ -754,6 +754,33 @@ def all_positions(batch_size: int, seq_len: int) -> Tuple[np.ndarray, np.ndarray
     return np.repeat(np.arange(batch_size), seq_len), np.tile(np.arange(seq_len), batch_size)
 
 
+def sample_steps_per_problem(transitions: np.ndarray, examples: Sequence[int], sources: Sequence[int], *,
+                             valid: Optional[np.ndarray] = None, samples: int = 16, seed: int = 0) -> float:
+    """Mean work (steps) of up to ``samples`` randomly drawn problems of a call, solved alone.
+
+    The data-aware alternative to the cost model's size-only bound (see
+    ``_cost.estimate_flow_cost(..., steps_per_problem=...)``): peaked or residual-free
+    attention costs up to 10 times typical attention, which sizes alone cannot tell. Each
+    sampled problem runs without the cuts other problems would share, so the mean errs high.
+    Costs ``samples`` problems (well under 1 % of any call worth budgeting).
+    """
+    transitions = np.ascontiguousarray(transitions, dtype=np.float64)
+    batch_size, num_layers, seq_len, _ = transitions.shape
+    examples = np.asarray(examples, dtype=np.int64)
+    sources = np.asarray(sources, dtype=np.int64)
+    valid = np.ones((batch_size, seq_len), dtype=bool) if valid is None else np.ascontiguousarray(valid, dtype=bool)
+    jobs = np.flatnonzero(valid[examples].ravel()).astype(np.int64)
+    if len(jobs) == 0 or numba is None:
+        return 0.0
+    picked = np.random.default_rng(seed).choice(jobs, size=min(samples, len(jobs)), replace=False)
+    work = np.zeros(5, np.int64)
+    out = np.zeros((len(sources), seq_len))
+    for job in picked:  # a fresh workspace each: no cut shared between the samples
+        _solve_jobs(transitions, examples, sources, valid, picked[picked == job], RESIDUAL_TOLERANCE, out,
+                    _workspace(num_layers, seq_len), work)
+    return float(work[0] + work[1] + work[4]) / len(picked)
+
+
 def _numba_flows(capacities, examples, sources, valid, *, show_progress, work):
     num_layers, seq_len = capacities.shape[1], capacities.shape[2]
     out = np.zeros((len(sources), seq_len))
