@@ -542,9 +542,10 @@ HOW_IT_WORKS = """\
   below, backward to the layer above). The first phase needs no BFS (from zero flow every path has
   length l) and is kept sparse: dead-end nodes leave a per-layer union-find so they are skipped in
   O(1), an augmentation costs O(1) instead of O(l) (each path edge keeps its residual plus the flow
-  sent when it joined; residuals are written back only when an edge leaves the path), and a node
-  tries its own column first (the wide residual edge), spreading flow instead of piling it on the
-  first positions. A problem stops once its flow reaches a known cut: the trivial ones, or a
+  sent when it joined; residuals are written back only when an edge leaves the path), a node of
+  layer 2 pushes through both last edges head after head instead of one path per input-side node,
+  and a node tries its own column first (the wide residual edge), spreading flow instead of piling
+  it on the first positions. A problem stops once its flow reaches a known cut: the trivial ones, or a
   minimum cut certified for an earlier problem of the same example (stored and re-evaluated in
   O(S) for every other source and sink). Later phases label only unlabelled nodes in the BFS and
   walk admissible arcs through per-layer, level-sorted lists. Problems are split into chunks that
