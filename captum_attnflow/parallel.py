@@ -8,7 +8,8 @@ function) and send back ``(P, S)`` scores, reassembled in input order. Any
 :class:`concurrent.futures.Executor` works:
 
 * a local process pool, :func:`local_process_pool` (the default): workers are *spawned*,
-  because a forked worker cannot use the engine's OpenMP threads once the parent has;
+  so that they never inherit a half-used torch thread pool (a default, forking
+  ``ProcessPoolExecutor()`` works too: workers only run the engine, on threads of its own);
 * a Dask cluster: ``Client(address).get_executor()`` (``pip install "dask[distributed]"``);
 * a thread pool, a Ray pool wrapped as an executor, or any object with
   ``submit(fn, *args, **kwargs) -> Future``.
@@ -65,10 +66,10 @@ __all__ = ["check_executor", "flow_map", "flow_map_transitions", "local_process_
 def local_process_pool(max_workers: Optional[int] = None) -> ProcessPoolExecutor:
     """A process pool whose workers start fresh ("spawn").
 
-    Forked workers would inherit the parent's OpenMP thread pool (used by the compiled
-    engine), which is not fork-safe; spawned workers import the package anew (so scripts
-    must guard their entry point with ``if __name__ == "__main__":``). Starting the workers
-    costs a few seconds (they import torch): create one pool and reuse it across calls.
+    Spawned workers import the package anew instead of inheriting a copy of this process
+    (and its torch thread pool), so scripts must guard their entry point with
+    ``if __name__ == "__main__":``. Starting the workers costs a few seconds (they import
+    torch): create one pool and reuse it across calls.
 
     Example:
         >>> with local_process_pool(max_workers=1) as pool:

@@ -257,9 +257,12 @@ def test_unknown_backend(unchanged):
 # --- flow problems too large ------------------------------------------------------------------
 
 def _over_budget_seq_len(num_layers: int) -> int:
-    """The shortest power-of-two length whose all-positions flow the estimator puts over budget."""
+    """The shortest power-of-two length whose all-positions flow is over budget even for the
+    data-aware estimate: the size-only bound errs high by at most ~30x, and the sampled
+    estimate keeps a 3x margin, so 20x over the budget stays over it."""
     seq_len = 16
-    while _cost.estimate_flow_cost(num_layers, seq_len, 1, seq_len).seconds <= 2 * _cost.FLOW_TIME_BUDGET_S:
+    while _cost.estimate_flow_cost(num_layers, seq_len, 1, seq_len, residual_weight=0.5).seconds \
+            <= 20 * _cost.FLOW_TIME_BUDGET_S:
         seq_len *= 2
     assert seq_len <= 1024, "the estimator calls a 12-layer, 1024-token flow cheap"
     return seq_len
@@ -268,21 +271,32 @@ def _over_budget_seq_len(num_layers: int) -> int:
 def test_large_flow_problem_is_refused_with_its_estimate(monkeypatch):
     num_layers = 12
     seq_len = _over_budget_seq_len(num_layers)
-    cost = _cost.estimate_flow_cost(num_layers, seq_len, 1, seq_len)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a refused problem must not start solving")
 
-    for engine in ("max_flow_to_inputs", "batched_max_flow_to_inputs", "numba_max_flows", "networkx_max_flow"):
-        if hasattr(_maxflow, engine):
-            monkeypatch.setattr(_maxflow, engine, must_not_run)
+    monkeypatch.setattr(_maxflow, "max_flows_for_tasks", must_not_run)
     with pytest.raises(ProblemTooLargeError) as raised:
-        attention_flow(attentions(num_layers=num_layers, heads=1, seq_len=seq_len),
-                       token_index="all")
+        attention_flow(attentions(num_layers=num_layers, heads=1, seq_len=seq_len), token_index="all")
     assert_documented(raised, ProblemTooLargeError, "allow_large")
-    message = str(raised.value)
-    assert f"{cost.num_problems:,} max-flow problems" in message
-    assert f"estimated {cost.seconds:,.0f} s" in message
+    assert f"{seq_len ** 2:,} max-flow problems" in str(raised.value)
+    assert "estimated" in str(raised.value)
+
+
+def test_size_only_estimate_over_budget_is_refined_on_a_sample(monkeypatch):
+    # Work is counted in engine steps, not seconds: both estimates are deterministic.
+    weights = attentions(num_layers=4, heads=2, seq_len=32)
+    graphs = transition_matrices(weights).transpose(0, 1).numpy()
+    examples, positions = _maxflow.all_positions(1, 32)
+    bound = _cost.estimate_flow_cost(4, 32, 1, 32, residual_weight=0.5)
+    sampled = _cost.estimate_flow_cost(4, 32, 1, 32, residual_weight=0.5,
+                                       steps_per_problem=_maxflow.sample_steps_per_problem(graphs, examples, positions))
+    assert sampled.seconds < bound.seconds
+    monkeypatch.setattr(_cost, "FLOW_TIME_BUDGET_S", (sampled.seconds + bound.seconds) / 2)
+    assert attention_flow(weights, token_index="all").shape == (1, 32, 32)  # refined, then run
+    monkeypatch.setattr(_cost, "FLOW_TIME_BUDGET_S", sampled.seconds / 2)
+    with pytest.raises(ProblemTooLargeError):
+        attention_flow(weights, token_index="all")
 
 
 def test_estimate_grows_with_every_dimension():

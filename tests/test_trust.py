@@ -397,17 +397,17 @@ def test_captures_of_different_models_run_concurrently():
     torch.testing.assert_close(results["a"], results["b"])
 
 
-def test_a_fork_process_pool_is_refused_before_any_work():
+def test_a_default_fork_process_pool_works():
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    calls = []
     bert = tiny_bert()
-    forward = lambda t: calls.append(1) or bert(input_ids=t).pooler_output  # noqa: E731
+    ids, mask = right_padded()
+    serial = AttentionFlow(bert).attribute(ids, additional_forward_args=(mask,), token_index="mean")
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
-        with pytest.raises(InvalidParameterError, match="fork"):
-            AttentionFlow(forward, model=bert).attribute(right_padded()[0], executor=pool)
-    assert not calls
+        forked = AttentionFlow(bert).attribute(ids, additional_forward_args=(mask,), token_index="mean",
+                                               executor=pool, chunk_size=1)
+    torch.testing.assert_close(forked, serial, rtol=0, atol=0)
 
 
 # --- 5. other silent or raw failures ------------------------------------------------------------

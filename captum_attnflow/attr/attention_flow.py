@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from captum.log import log_usage
 
+from captum_attnflow._validation import check_flag
 from captum_attnflow.attr._base import AttentionAttributionBase
 from captum_attnflow.capture import CapturedAttention
 from captum_attnflow.functional import attention_flow
@@ -45,7 +46,7 @@ class AttentionFlow(AttentionAttributionBase):
                   normalize: bool = True, backend: str = "auto", allow_large: bool = False,
                   causal_normalization: bool = False, attention_mask: Optional[torch.Tensor] = None,
                   return_patch_grid: bool = False, executor: Optional[Executor] = None,
-                  chunk_size: Optional[int] = None):
+                  chunk_size: Optional[int] = None, show_progress: Optional[bool] = None):
         r"""
         Args:
             inputs (Tensor or tuple of one Tensor): token ids ``(B, S)``, pixel values
@@ -78,6 +79,8 @@ class AttentionFlow(AttentionAttributionBase):
                 :mod:`captum_attnflow.parallel`.
             chunk_size (int, optional): with ``executor``, examples per submitted task (default: the
                 batch split into 8 tasks).
+            show_progress (bool, optional): a progress bar over the max-flow problems; ``None``
+                (default) shows one once the call has run for 2 s, ``True``/``False`` force it.
 
         Returns:
             Tensor shaped like ``inputs`` (``(L, *inputs.shape)`` with ``return_all_layers``; a
@@ -87,12 +90,14 @@ class AttentionFlow(AttentionAttributionBase):
         if executor is not None:
             check_executor(executor)
         check_chunk_size(chunk_size)
+        if show_progress is not None:
+            check_flag("show_progress", show_progress)
         return self._attribute(inputs, additional_forward_args, token_index=token_index, layer=layer,
                                return_all_layers=return_all_layers, head_fusion=head_fusion,
                                attention_mask=attention_mask, return_patch_grid=return_patch_grid,
                                residual_weight=residual_weight, discard_ratio=discard_ratio, normalize=normalize,
                                backend=backend, allow_large=allow_large, causal_normalization=causal_normalization,
-                               executor=executor, chunk_size=chunk_size)
+                               executor=executor, chunk_size=chunk_size, show_progress=show_progress)
 
     def _propagate(self, captured: CapturedAttention, **options) -> torch.Tensor:
         return attention_flow(captured, **options)
