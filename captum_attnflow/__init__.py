@@ -5,7 +5,7 @@ https://arxiv.org/abs/2005.00928
 """
 
 from captum_attnflow import functional
-from captum_attnflow.attr import AttentionFlow, AttentionRollout, RawAttention
+from captum_attnflow.attr import AttentionFlow, AttentionRollout, LLMAttentionAttribution, RawAttention
 from captum_attnflow.capture import capture_attention
 from captum_attnflow.exceptions import (
     AttentionCaptureError,
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AttentionFlow",
     "AttentionRollout",
+    "LLMAttentionAttribution",
     "RawAttention",
     "capture_attention",
     "functional",

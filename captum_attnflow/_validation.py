@@ -10,8 +10,9 @@ tensors. (The cost budget of exact flow lives with the engine, in ``functional/_
 """
 
 import math
+import warnings
 from numbers import Integral, Real
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -61,7 +62,7 @@ def _check_index(value, size: int, name: str, expected: str, context: str) -> in
 
 
 def check_layer(layer, num_layers: int, name: str = "layer") -> int:
-    """Normalise a Python-style layer index (0 = after the first layer, -1 = last)."""
+    """Normalize a Python-style layer index (0 = after the first layer, -1 = last)."""
     return _check_index(layer, num_layers, name,
                         f"an int indexing the {num_layers} layers like a Python list (-1 = last)",
                         f"a model with {num_layers} layers")
@@ -72,24 +73,12 @@ def check_position(position, seq_len: int, name: str) -> int:
                         f"sequences of length {seq_len}")
 
 
-def check_positions(positions: Union[int, Sequence[int]], seq_len: int, name: str):
-    """Return ``(list_of_positions, was_scalar)``."""
-    if isinstance(positions, torch.Tensor):
-        if positions.ndim == 0:
-            positions = positions.item()
-        else:
-            positions = positions.tolist()
-    if isinstance(positions, Integral) and not isinstance(positions, bool):
-        return [check_position(positions, seq_len, name)], True
-    if isinstance(positions, (list, tuple)) and len(positions) > 0:
-        return [check_position(p, seq_len, name) for p in positions], False
-    raise InvalidParameterError(
-        f"{name} must be an int or a non-empty sequence of ints, got {positions!r}."
-    )
+def check_attentions(attentions, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Stack Hugging Face style attentions into one ``(L, B, H, S, S)`` tensor and check it.
 
-
-def check_attentions(attentions) -> torch.Tensor:
-    """Stack Hugging Face style attentions into one ``(L, B, H, S, S)`` tensor and check it."""
+    With an ``attention_mask``, rows of padded queries are zeroed first: a query that sees only
+    padding gets NaN from a softmax, and its row is never used.
+    """
     if isinstance(attentions, torch.Tensor):
         stacked = attentions
     elif isinstance(attentions, (list, tuple)):
@@ -120,36 +109,148 @@ def check_attentions(attentions) -> torch.Tensor:
             f"attentions must be floating point, got dtype {stacked.dtype}; pass post-softmax probabilities.")
     if min(stacked.shape) == 0:
         raise InvalidInputError(f"attentions has an empty dimension: shape {tuple(stacked.shape)}.")
-    # One pass over the weights (this runs on every call): NaN propagates to min and max.
-    lowest, highest = (float(v) for v in torch.aminmax(stacked.detach()))
-    if not (math.isfinite(lowest) and math.isfinite(highest)):
-        raise InvalidInputError(
-            "attentions contain NaN or inf; check the model's inputs and numerical precision "
-            "(run it in float32)."
-        )
-    if lowest < 0:
-        raise InvalidInputError("attentions contain negative weights; pass post-softmax probabilities.")
+    valid = check_attention_mask(attention_mask, stacked.shape[1], stacked.shape[-1])
+    if valid is not None and not bool(valid.all()):
+        stacked = stacked.masked_fill(~valid.to(stacked.device)[None, :, None, :, None], 0.0)
+    check_attention_values(stacked, "attentions")
     return stacked
 
 
-def check_attention_mask(attention_mask, batch_size: int, seq_len: int) -> Optional[torch.Tensor]:
-    """Return a boolean ``(B, S)`` mask (True = real token) or None."""
+#: A softmax row sums to 1; a row further off than this is reported (and renormalized).
+ROW_SUM_TOLERANCE = 1e-3
+#: Post-softmax weights are at most 1; rounding may overshoot by this much.
+ABOVE_ONE_TOLERANCE = 1e-4
+
+
+def check_attention_values(weights: torch.Tensor, where: str, *, allow_above_one: bool = False,
+                           check_row_sums: bool = True) -> None:
+    """Attention weights must be finite probabilities; rows far from summing to 1 get a warning.
+
+    ``weights`` is ``(..., S, S)`` per head. Rows of padded queries must be zeroed before (a
+    query that sees only padding gets NaN from a softmax). ``allow_above_one`` admits weights
+    above 1 (dropout in training mode scales them by ``1/(1-p)``); ``check_row_sums=False``
+    skips the sum check (max/min-fused or already renormalized weights).
+
+    Example:
+        >>> check_attention_values(torch.tensor([[0.5, 0.5], [2.0, -1.0]]), "layer 1")
+        Traceback (most recent call last):
+        ...
+        captum_attnflow.exceptions.InvalidInputError: layer 1: attention weights must be non-negative, got a minimum of -1; pass post-softmax probabilities.
+    """
+    detached = weights.detach()
+    # One pass: NaN propagates to min and max.
+    lowest, highest = (float(v) for v in torch.aminmax(detached))
+    if not (math.isfinite(lowest) and math.isfinite(highest)):
+        raise InvalidInputError(
+            f"{where}: attention weights contain NaN or inf; check the model's inputs and numerical precision "
+            "(run it in float32).")
+    if lowest < 0:
+        raise InvalidInputError(
+            f"{where}: attention weights must be non-negative, got a minimum of {lowest:.3g}; pass post-softmax "
+            "probabilities.")
+    if highest > 1 + ABOVE_ONE_TOLERANCE and not allow_above_one:
+        raise InvalidInputError(
+            f"{where}: attention weights must be probabilities (at most 1), got a maximum of {highest:.3g}; "
+            "pass post-softmax weights, not logits or scores.")
+    if check_row_sums:
+        warn_if_rows_do_not_sum_to_one(detached.sum(dim=-1), where)
+
+
+def warn_if_rows_do_not_sum_to_one(row_sums: torch.Tensor, where: str) -> None:
+    """Warn when attention rows (other than all-zero padded rows) do not sum to 1."""
+    real_rows = row_sums[row_sums > 0]
+    if real_rows.numel() == 0:
+        return
+    low, high = (float(v) for v in torch.aminmax(real_rows))
+    if low < 1 - ROW_SUM_TOLERANCE or high > 1 + ROW_SUM_TOLERANCE:
+        warnings.warn(
+            f"{where}: attention rows sum to between {low:.3g} and {high:.3g}, not 1; they are renormalized "
+            "to 1 after the residual is added, which can change the ranking a lot. Pass post-softmax "
+            "weights over all keys (padded keys included).", UserWarning, stacklevel=4)
+
+
+#: Additive masks: entries at or below this are masked (a softmax gives them ~e^-10000).
+ADDITIVE_MASKED_AT = -1e4
+
+
+#: How a padding mask is read (see :func:`padding_mask_to_valid`).
+MASK_CONVENTIONS = ("real-or-additive", "hugging-face", "key-padding")
+
+
+def padding_mask_to_valid(mask: torch.Tensor, *, convention: str = "real-or-additive",
+                          name: str = "attention_mask") -> torch.Tensor:
+    """Read a ``(B, S)`` padding mask as a bool mask of real tokens.
+
+    Conventions:
+
+    * ``"real-or-additive"`` (the functional API, ``attention_mask=`` of the classes): bool or
+      0/1 numbers with True/1 = real token, or an additive float mask holding only 0 (attend)
+      and values ``<= -1e4`` or ``-inf`` (masked).
+    * ``"hugging-face"`` (what a Hugging Face model received): bool or 0/1 only, as the model
+      itself reads it; an additive mask would be misread by the model and is refused.
+    * ``"key-padding"`` (torch's ``key_padding_mask``): bool with True = padding, or an additive
+      float mask (0 / ``<= -1e4`` / ``-inf``), as ``nn.MultiheadAttention`` reads it.
+
+    Anything else (soft biases, 0.5 …) is refused: it is not a padding mask, and guessing
+    would give a silently wrong attribution.
+
+    Example:
+        >>> padding_mask_to_valid(torch.tensor([[0.0, 0.0, float("-inf")]])).tolist()
+        [[True, True, False]]
+        >>> padding_mask_to_valid(torch.tensor([[1, 1, 0]])).tolist()
+        [[True, True, False]]
+        >>> padding_mask_to_valid(torch.tensor([[False, True]]), convention="key-padding").tolist()
+        [[True, False]]
+    """
+    if convention not in MASK_CONVENTIONS:
+        raise InvalidParameterError(f"convention={convention!r}; use one of {MASK_CONVENTIONS}.")
+    if mask.dtype == torch.bool:
+        return ~mask if convention == "key-padding" else mask
+    if mask.is_complex():
+        raise InvalidInputTypeError(f"{name} must be bool, 0/1 or an additive float mask, got dtype {mask.dtype}.")
+    values = mask.detach()
+    additive = mask.is_floating_point() and bool(((values == 0) | (values <= ADDITIVE_MASKED_AT)).all()) \
+        and bool((values < 0).any())
+    zero_one = bool(((values == 0) | (values == 1)).all())
+    if convention == "key-padding" and mask.is_floating_point() and (additive or bool((values == 0).all())):
+        return values > ADDITIVE_MASKED_AT  # torch adds a float key_padding_mask to the scores
+    if convention != "key-padding" and zero_one:
+        return values == 1
+    if convention == "real-or-additive" and additive:
+        return values == 0
+    if convention == "hugging-face" and additive:
+        raise InvalidInputError(
+            f"{name}: the Hugging Face model received an additive mask (0 and large negative values), but it "
+            "reads attention_mask as 0/1 (1 = real token) and so attended to the wrong tokens. Pass "
+            "attention_mask=(additive_mask == 0).long() to the model.")
+    expected = {"real-or-additive": "bool, 0/1 (1 = real token) or additive (0 = attend, <= -1e4 or -inf = masked)",
+                "hugging-face": "bool or 0/1 (1 = real token)",
+                "key-padding": "bool (True = padding) or additive float (0 = attend, <= -1e4 or -inf = padding)"}
+    sample = sorted({float(v) for v in values.flatten()[:1000].tolist()})[:6]
+    raise InvalidInputError(
+        f"{name} must be a padding mask, {expected[convention]}; got values such as {sample}. Soft biases "
+        "are not padding masks.")
+
+
+def check_attention_mask(attention_mask, batch_size: int, seq_len: int, *,
+                         convention: str = "real-or-additive", name: str = "attention_mask") -> Optional[torch.Tensor]:
+    """Return a boolean ``(B, S)`` mask (True = real token) or None; see :func:`padding_mask_to_valid`."""
     if attention_mask is None:
         return None
     if not isinstance(attention_mask, torch.Tensor):
         raise InvalidInputTypeError(
-            f"attention_mask must be a torch.Tensor of shape (B, S), got {type(attention_mask).__name__}."
+            f"{name} must be a torch.Tensor of shape (B, S), got {type(attention_mask).__name__}."
         )
     if tuple(attention_mask.shape) != (batch_size, seq_len):
         raise InvalidInputError(
-            f"attention_mask has shape {tuple(attention_mask.shape)} but the inputs have "
-            f"(batch, seq_len) = ({batch_size}, {seq_len}); pass one 0/1 entry per token."
+            f"{name} has shape {tuple(attention_mask.shape)} but the inputs have "
+            f"(batch, seq_len) = ({batch_size}, {seq_len}); pass one entry per token."
         )
-    mask = attention_mask.bool()
+    mask = padding_mask_to_valid(attention_mask, convention=convention, name=name)
     empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
     if empty:
         raise InvalidInputError(
-            f"attention_mask marks every token of example(s) {empty} as padding; "
+            f"{name} marks every token of example(s) {empty} as padding; "
             "each example needs at least one real token."
         )
     return mask
@@ -171,16 +272,21 @@ def check_key_padding_mask(key_padding_mask: torch.Tensor, batch_size: int, seq_
 
 # --- Model inputs, per family ------------------------------------------------------------
 
+#: What an embedding layer indexes with.
+TOKEN_ID_DTYPES = (torch.int64, torch.int32)
+
+
 def check_token_ids(inputs: Any) -> torch.Tensor:
     """``inputs`` must be integer token ids of shape ``(B, S)`` (Hugging Face text models)."""
     if not isinstance(inputs, torch.Tensor):
         raise InvalidInputTypeError(
             f"inputs must be a torch.Tensor, got {type(inputs).__name__}; pass token ids (B, S) "
             "and the attention mask in additional_forward_args=(attention_mask,).")
-    if inputs.is_floating_point() or inputs.is_complex() or inputs.dtype == torch.bool:
+    if inputs.dtype not in TOKEN_ID_DTYPES:
         raise InvalidInputTypeError(
-            f"inputs must be integer token ids, got dtype {inputs.dtype}; this model's adapter "
-            "expects input_ids of shape (B, S).")
+            f"inputs must be integer token ids (int64 or int32), got dtype {inputs.dtype}; this model's adapter "
+            "expects input_ids of shape (B, S)" + (" (convert with inputs.long())." if not inputs.is_floating_point()
+                                                   and inputs.dtype != torch.bool else "."))
     if inputs.ndim != 2:
         raise InvalidInputError(
             f"inputs (token ids) must have shape (B, S), got {tuple(inputs.shape)}; add a batch "
@@ -200,10 +306,11 @@ def check_sequence_inputs(inputs: Any) -> torch.Tensor:
     if inputs.ndim not in (2, 3):
         raise InvalidInputError(
             f"inputs must be token ids (B, S) or embeddings (B, S, D) / (S, B, D), got {tuple(inputs.shape)}.")
-    if inputs.ndim == 2 and inputs.is_floating_point():
+    if inputs.ndim == 2 and inputs.dtype not in TOKEN_ID_DTYPES:
         raise InvalidInputTypeError(
-            f"inputs of shape {tuple(inputs.shape)} are read as token ids and must be integers, got dtype "
-            f"{inputs.dtype}; pass embeddings as (B, S, D).")
+            f"inputs of shape {tuple(inputs.shape)} are read as token ids and must be int64 or int32, got dtype "
+            f"{inputs.dtype}; pass embeddings as (B, S, D)" + ("." if inputs.is_floating_point() else
+                                                             ", or convert ids with inputs.long()."))
     if inputs.ndim == 3 and not inputs.is_floating_point():
         raise InvalidInputTypeError(
             f"inputs of shape {tuple(inputs.shape)} are read as embeddings and must be floating point, got "
@@ -234,7 +341,7 @@ def check_flag(name: str, value) -> bool:
     return value
 
 
-def check_model_inputs(inputs: torch.Tensor, model=None) -> torch.Tensor:
+def check_model_inputs(inputs: torch.Tensor, vocabulary_size: Optional[int] = None) -> torch.Tensor:
     """Checks every adapter needs on top of its own shape check, run before the forward pass.
 
     Empty dimensions, NaN/inf in float inputs, and token ids outside the model's vocabulary
@@ -251,79 +358,25 @@ def check_model_inputs(inputs: torch.Tensor, model=None) -> torch.Tensor:
     if inputs.dtype == torch.bool or inputs.is_complex():
         return inputs  # the adapter's own check decides; nothing to range-check
     low, high = int(inputs.min()), int(inputs.max())
-    vocab_size = _vocabulary_size(model)
-    if low < 0 or (vocab_size is not None and high >= vocab_size):
-        bound = "" if vocab_size is None else f" and below the vocabulary size {vocab_size}"
+    if low < 0 or (vocabulary_size is not None and high >= vocabulary_size):
+        bound = "" if vocabulary_size is None else f" and below the vocabulary size {vocabulary_size}"
         raise InvalidInputError(
             f"inputs holds token ids in [{low}, {high}]; token ids must be non-negative{bound}. "
             "Tokenize with the model's own tokenizer.")
     return inputs
 
 
-def _vocabulary_size(model) -> Optional[int]:
-    """Rows of the model's input embedding when it exposes one (Hugging Face models do)."""
-    get_embeddings = getattr(model, "get_input_embeddings", None)
-    if not callable(get_embeddings):
-        return None
-    try:
-        embeddings = get_embeddings()
-    except (NotImplementedError, AttributeError):
-        return None
-    return getattr(embeddings, "num_embeddings", None)
+def check_choice(name: str, value, choices: Sequence[str], hint: str = "") -> str:
+    """``value`` must be one of ``choices`` (strings).
 
-
-def check_mask_matches_inputs(attention_mask, inputs: torch.Tensor) -> None:
-    """Before the forward pass: a token-id mask must be ``(B, S)`` like the ids, with real tokens.
-
-    Checked before the model runs, since a mismatched mask otherwise fails inside the model
-    with a raw broadcasting error.
+    Example:
+        >>> check_choice("backend", "auto", ("auto", "networkx"))
+        'auto'
     """
-    if attention_mask is None or inputs.ndim != 2:
-        return
-    check_attention_mask(attention_mask, *inputs.shape)
-
-
-def check_token_index(token_index, modes: Sequence[str]) -> None:
-    """Type-level check of ``token_index`` (ranges need the sequence length, checked later)."""
-    if isinstance(token_index, str):
-        if token_index not in modes:
-            raise InvalidParameterError(
-                f"token_index={token_index!r} is not supported; use an int, a (B,) tensor of ints, "
-                f"or one of {tuple(modes)}.")
-        return
-    if isinstance(token_index, torch.Tensor):
-        if token_index.ndim > 1 or token_index.numel() == 0 or token_index.is_floating_point() \
-                or token_index.dtype == torch.bool:
-            raise InvalidParameterError(
-                f"token_index must be an int or a (B,) integer tensor, got a {token_index.dtype} "
-                f"tensor of shape {tuple(token_index.shape)}.")
-        return
-    if isinstance(token_index, (list, tuple)):
-        if not token_index:
-            raise InvalidParameterError("token_index is empty; pass an int or one position per example.")
-        return
-    if isinstance(token_index, bool) or not isinstance(token_index, Integral):
-        raise InvalidParameterError(
-            f"token_index must be an int, a (B,) tensor of ints, or one of {tuple(modes)}; "
-            f"got {type(token_index).__name__}.")
-
-
-def check_method_options(options: dict) -> None:
-    """Check the propagation options an attribution method was given, before the model runs."""
-    for name in ("residual_weight",):
-        if name in options:
-            check_fraction(name, options[name])
-    if "discard_ratio" in options:
-        check_fraction("discard_ratio", options["discard_ratio"], upper_open=True)
-    for name in ("normalize", "allow_large", "causal_normalization", "return_all_layers", "return_patch_grid"):
-        if name in options:
-            check_flag(name, options[name])
-    executor = options.get("executor")
-    if executor is not None and not callable(getattr(executor, "submit", None)):
-        raise InvalidParameterError(
-            f"executor must be a concurrent.futures.Executor (anything with .submit), got "
-            f"{type(executor).__name__}; e.g. captum_attnflow.parallel.local_process_pool() or a Dask "
-            "Client(...).get_executor().")
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidParameterError(f"{name}={value!r} is not available; use one of {tuple(choices)} {hint}".rstrip()
+                                    + ".")
+    return value
 
 
 def check_causal_transitions(transitions: torch.Tensor, tolerance: float = 1e-6) -> None:

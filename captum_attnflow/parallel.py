@@ -8,7 +8,8 @@ function) and send back ``(P, S)`` scores, reassembled in input order. Any
 :class:`concurrent.futures.Executor` works:
 
 * a local process pool, :func:`local_process_pool` (the default): workers are *spawned*,
-  because a forked worker cannot use the engine's OpenMP threads once the parent has;
+  so that they never inherit a half-used torch thread pool (a default, forking
+  ``ProcessPoolExecutor()`` works too: workers only run the engine, on threads of its own);
 * a Dask cluster: ``Client(address).get_executor()`` (``pip install "dask[distributed]"``);
 * a thread pool, a Ray pool wrapped as an executor, or any object with
   ``submit(fn, *args, **kwargs) -> Future``.
@@ -57,7 +58,7 @@ import numpy as np
 import torch
 
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
-from captum_attnflow.functional.flow import batched_flow_from_transitions
+from captum_attnflow.functional.flow import batched_flow_from_transitions, check_chunk_size, check_executor
 
 __all__ = ["check_executor", "flow_map", "flow_map_transitions", "local_process_pool"]
 
@@ -65,10 +66,10 @@ __all__ = ["check_executor", "flow_map", "flow_map_transitions", "local_process_
 def local_process_pool(max_workers: Optional[int] = None) -> ProcessPoolExecutor:
     """A process pool whose workers start fresh ("spawn").
 
-    Forked workers would inherit the parent's OpenMP thread pool (used by the compiled
-    engine), which is not fork-safe; spawned workers import the package anew (so scripts
-    must guard their entry point with ``if __name__ == "__main__":``). Starting the workers
-    costs a few seconds (they import torch): create one pool and reuse it across calls.
+    Spawned workers import the package anew instead of inheriting a copy of this process
+    (and its torch thread pool), so scripts must guard their entry point with
+    ``if __name__ == "__main__":``. Starting the workers costs a few seconds (they import
+    torch): create one pool and reuse it across calls.
 
     Example:
         >>> with local_process_pool(max_workers=1) as pool:
@@ -78,37 +79,6 @@ def local_process_pool(max_workers: Optional[int] = None) -> ProcessPoolExecutor
     return ProcessPoolExecutor(max_workers=max_workers, mp_context=multiprocessing.get_context("spawn"))
 
 
-def check_executor(executor) -> Executor:
-    """Refuse what cannot run the flow engine, before any work is sent.
-
-    Anything with a ``submit`` method is accepted, except a process pool that *forks* its
-    workers (the default ``ProcessPoolExecutor()`` on Linux before Python 3.14): a forked
-    worker dies as soon as the engine starts its OpenMP threads if the parent already
-    used them, and the pool then breaks with an unhelpful ``BrokenProcessPool``.
-
-    Example:
-        >>> import multiprocessing
-        >>> from concurrent.futures import ProcessPoolExecutor
-        >>> check_executor(ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")))  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        captum_attnflow.exceptions.InvalidParameterError: executor is a ProcessPoolExecutor that forks ...
-    """
-    if not callable(getattr(executor, "submit", None)):
-        raise InvalidParameterError(
-            f"executor must be a concurrent.futures.Executor (anything with .submit), got "
-            f"{type(executor).__name__}; e.g. captum_attnflow.parallel.local_process_pool() or a Dask "
-            "Client(...).get_executor().")
-    context = getattr(executor, "_mp_context", None) if isinstance(executor, ProcessPoolExecutor) else None
-    if context is not None and context.get_start_method() == "fork":
-        raise InvalidParameterError(
-            "executor is a ProcessPoolExecutor that forks its workers; a forked worker cannot run the "
-            "flow engine's OpenMP threads after the parent has. Use "
-            "captum_attnflow.parallel.local_process_pool(max_workers) or "
-            "ProcessPoolExecutor(max_workers, mp_context=multiprocessing.get_context('spawn')).")
-    return executor
-
-
 @contextmanager
 def _executor_or_local_pool(executor: Optional[Executor]) -> Iterator[Executor]:
     if executor is not None:
@@ -116,14 +86,6 @@ def _executor_or_local_pool(executor: Optional[Executor]) -> Iterator[Executor]:
         return
     with local_process_pool() as pool:
         yield pool
-
-
-def _check_chunk_size(chunk_size) -> Optional[int]:
-    if chunk_size is None:
-        return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, Integral) or chunk_size < 1:
-        raise InvalidParameterError(f"chunk_size must be a positive int (examples per task), got {chunk_size!r}.")
-    return int(chunk_size)
 
 
 def flow_map(method, input_ids: torch.Tensor, additional_forward_args=None, *,
@@ -141,7 +103,6 @@ def flow_map(method, input_ids: torch.Tensor, additional_forward_args=None, *,
             process pool for this call. Pass your own pool or a Dask ``Client.get_executor()``
             to reuse workers across calls.
         chunk_size: examples per submitted task; default: the batch split into 8 tasks.
-            Needs an ``AttentionFlow.attribute`` that accepts ``chunk_size``.
         **attribute_kwargs: any other ``attribute`` option (``token_index``, ``layer``,
             ``return_all_layers``, ``normalize`` ...).
 
@@ -166,7 +127,7 @@ def flow_map(method, input_ids: torch.Tensor, additional_forward_args=None, *,
         raise InvalidParameterError(
             f"flow_map distributes AttentionFlow; got method={type(method).__name__}. Other methods run "
             "in-process: call method.attribute(...) directly.")
-    chunk_size = _check_chunk_size(chunk_size)
+    chunk_size = check_chunk_size(chunk_size)
     if chunk_size is not None:
         attribute_kwargs["chunk_size"] = chunk_size
     with _executor_or_local_pool(executor) as pool:
@@ -174,7 +135,7 @@ def flow_map(method, input_ids: torch.Tensor, additional_forward_args=None, *,
                                 **attribute_kwargs)
 
 
-def flow_map_transitions(transitions, sources: Sequence[Union[int, Sequence[int]]], *,
+def flow_map_transitions(transitions, positions: Sequence[Union[int, Sequence[int]]], *,
                          valid=None, normalize: bool = True, backend: str = "auto",
                          executor: Optional[Executor] = None,
                          chunk_size: Optional[int] = None) -> List[np.ndarray]:
@@ -188,7 +149,7 @@ def flow_map_transitions(transitions, sources: Sequence[Union[int, Sequence[int]
         transitions: ``(B, l, S, S)`` array or tensor: per example, ``Â_1 … Â_l`` (the
             output of ``transition_matrices`` is ``(L, B, S, S)``: transpose the first two
             axes and keep the first ``l`` layers to explain the output of layer ``l``).
-        sources: per example, the explained position (an int) or positions (a list).
+        positions: per example, the explained position (an int) or positions (a list).
         valid: optional ``(B, S)`` bool array of real tokens; padded inputs get 0.
         normalize: divide each flow vector by its sum over inputs (the paper's choice).
         backend: max-flow engine, see :data:`captum_attnflow.functional.FLOW_BACKENDS`.
@@ -197,7 +158,7 @@ def flow_map_transitions(transitions, sources: Sequence[Union[int, Sequence[int]
         chunk_size: examples per submitted task; default: the batch split into 8 tasks.
 
     Returns:
-        A list of B float64 arrays, ``(len(sources[b]), S)`` each, in input order; equal to
+        A list of B float64 arrays, ``(len(positions[b]), S)`` each, in input order; equal to
         :func:`~captum_attnflow.functional.batched_flow_from_transitions` run in-process.
 
     Example:
@@ -208,15 +169,15 @@ def flow_map_transitions(transitions, sources: Sequence[Union[int, Sequence[int]
         >>> graphs = transition_matrices(attentions).transpose(0, 1)   # (B, L, S, S)
         >>> with ThreadPoolExecutor(2) as pool:
         ...     flows = flow_map_transitions(graphs, [0, 0, 0, 0], executor=pool, chunk_size=1)
-        >>> expected = attention_flow(attentions, output_positions=0)  # (B, S)
+        >>> expected = attention_flow(attentions, token_index=0)  # (B, S)
         >>> torch.allclose(torch.from_numpy(flows[2][0]), expected[2])
         True
     """
     graphs = _check_transitions(transitions)
     batch_size, _, seq_len, _ = graphs.shape
-    positions = _check_sources(sources, batch_size, seq_len)
+    positions = _check_positions(positions, batch_size, seq_len)
     valid_tokens = _check_valid(valid, batch_size, seq_len)
-    chunk_size = _check_chunk_size(chunk_size)
+    chunk_size = check_chunk_size(chunk_size)
     with _executor_or_local_pool(executor) as pool:
         return batched_flow_from_transitions(graphs, positions, valid=valid_tokens, normalize=normalize,
                                              backend=backend, executor=pool, chunk_size=chunk_size)
@@ -235,20 +196,20 @@ def _check_transitions(transitions) -> np.ndarray:
     return np.ascontiguousarray(graphs, dtype=np.float64)
 
 
-def _check_sources(sources, batch_size: int, seq_len: int) -> List[List[int]]:
+def _check_positions(positions, batch_size: int, seq_len: int) -> List[List[int]]:
     from captum_attnflow._validation import check_position
 
-    if len(sources) != batch_size:
+    if len(positions) != batch_size:
         raise InvalidParameterError(
-            f"sources has {len(sources)} entries but transitions hold {batch_size} examples; give one "
+            f"positions has {len(positions)} entries but transitions hold {batch_size} examples; give one "
             "position (or list of positions) per example.")
-    positions = []
-    for example in sources:
+    checked = []
+    for example in positions:
         example = [example] if isinstance(example, Integral) else list(example)
         if not example:
-            raise InvalidParameterError("every example needs at least one source position.")
-        positions.append([check_position(p, seq_len, "sources") for p in example])
-    return positions
+            raise InvalidParameterError("positions: every example needs at least one explained position.")
+        checked.append([check_position(p, seq_len, "positions") for p in example])
+    return checked
 
 
 def _check_valid(valid, batch_size: int, seq_len: int) -> Optional[np.ndarray]:

@@ -145,7 +145,7 @@ def test_non_finite_attention_from_the_model(method, value):
     explainer = method(lambda ids: ids.float(), attention_fn=lambda ids: weights)
     with pytest.raises(InvalidInputError) as raised:
         explainer.attribute(torch.tensor([[1, 2, 3, 4]]))
-    assert_documented(raised, InvalidInputError, "attentions", "NaN or inf")
+    assert_documented(raised, InvalidInputError, "attention_fn layer 2", "NaN or inf")
 
 
 # --- sequence length 1 is valid -------------------------------------------------------------
@@ -183,11 +183,22 @@ def test_bad_layer(unchanged, method, layer):
     assert_documented(raised, InvalidParameterError, "layer")
 
 
-@pytest.mark.parametrize("output_positions", [4, -5, [0, 9], [], 1.5, [[0]]])
-def test_bad_output_positions(output_positions):
+@pytest.mark.parametrize("token_index", [4, -5, [0, 9], [], 1.5, [[0, 1], [0]], "middle", True, torch.tensor([[0, 4]]),
+                                         torch.zeros(1, 1, 1, dtype=torch.long)])
+def test_bad_token_index_functional(token_index):
     with pytest.raises(InvalidParameterError) as raised:
-        attention_flow(attentions(), output_positions=output_positions)
-    assert_documented(raised, InvalidParameterError, "output_positions")
+        attention_flow(attentions(), token_index=token_index)
+    assert_documented(raised, InvalidParameterError, "token_index")
+
+
+def test_output_positions_is_a_deprecated_alias_of_token_index():
+    weights = attentions()
+    with pytest.warns(DeprecationWarning, match="token_index"):
+        several = attention_flow(weights, output_positions=[0, 2])
+    torch.testing.assert_close(several, attention_flow(weights, token_index=torch.tensor([[0, 2]])))
+    with pytest.warns(DeprecationWarning, match="token_index"):
+        one = attention_flow(weights, output_positions=1)
+    torch.testing.assert_close(one, attention_flow(weights, token_index=1))
 
 
 def test_bad_layer_functional():
@@ -246,9 +257,12 @@ def test_unknown_backend(unchanged):
 # --- flow problems too large ------------------------------------------------------------------
 
 def _over_budget_seq_len(num_layers: int) -> int:
-    """The shortest power-of-two length whose all-positions flow the estimator puts over budget."""
+    """The shortest power-of-two length whose all-positions flow is over budget even for the
+    data-aware estimate: the size-only bound errs high by at most ~30x, and the sampled
+    estimate keeps a 3x margin, so 20x over the budget stays over it."""
     seq_len = 16
-    while _cost.estimate_flow_cost(num_layers, seq_len, 1, seq_len).seconds <= 2 * _cost.FLOW_TIME_BUDGET_S:
+    while _cost.estimate_flow_cost(num_layers, seq_len, 1, seq_len, residual_weight=0.5).seconds \
+            <= 20 * _cost.FLOW_TIME_BUDGET_S:
         seq_len *= 2
     assert seq_len <= 1024, "the estimator calls a 12-layer, 1024-token flow cheap"
     return seq_len
@@ -257,21 +271,32 @@ def _over_budget_seq_len(num_layers: int) -> int:
 def test_large_flow_problem_is_refused_with_its_estimate(monkeypatch):
     num_layers = 12
     seq_len = _over_budget_seq_len(num_layers)
-    cost = _cost.estimate_flow_cost(num_layers, seq_len, 1, seq_len)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a refused problem must not start solving")
 
-    for engine in ("max_flow_to_inputs", "batched_max_flow_to_inputs", "numba_max_flows", "networkx_max_flow"):
-        if hasattr(_maxflow, engine):
-            monkeypatch.setattr(_maxflow, engine, must_not_run)
+    monkeypatch.setattr(_maxflow, "max_flows_for_tasks", must_not_run)
     with pytest.raises(ProblemTooLargeError) as raised:
-        attention_flow(attentions(num_layers=num_layers, heads=1, seq_len=seq_len),
-                       output_positions=list(range(seq_len)))
+        attention_flow(attentions(num_layers=num_layers, heads=1, seq_len=seq_len), token_index="all")
     assert_documented(raised, ProblemTooLargeError, "allow_large")
-    message = str(raised.value)
-    assert f"{cost.num_problems:,} max-flow problems" in message
-    assert f"estimated {cost.seconds:,.0f} s" in message
+    assert f"{seq_len ** 2:,} max-flow problems" in str(raised.value)
+    assert "estimated" in str(raised.value)
+
+
+def test_size_only_estimate_over_budget_is_refined_on_a_sample(monkeypatch):
+    # Work is counted in engine steps, not seconds: both estimates are deterministic.
+    weights = attentions(num_layers=4, heads=2, seq_len=32)
+    graphs = transition_matrices(weights).transpose(0, 1).numpy()
+    examples, positions = _maxflow.all_positions(1, 32)
+    bound = _cost.estimate_flow_cost(4, 32, 1, 32, residual_weight=0.5)
+    sampled = _cost.estimate_flow_cost(4, 32, 1, 32, residual_weight=0.5,
+                                       steps_per_problem=_maxflow.sample_steps_per_problem(graphs, examples, positions))
+    assert sampled.seconds < bound.seconds
+    monkeypatch.setattr(_cost, "FLOW_TIME_BUDGET_S", (sampled.seconds + bound.seconds) / 2)
+    assert attention_flow(weights, token_index="all").shape == (1, 32, 32)  # refined, then run
+    monkeypatch.setattr(_cost, "FLOW_TIME_BUDGET_S", sampled.seconds / 2)
+    with pytest.raises(ProblemTooLargeError):
+        attention_flow(weights, token_index="all")
 
 
 def test_estimate_grows_with_every_dimension():
@@ -284,13 +309,13 @@ def test_estimate_grows_with_every_dimension():
 
 def test_allow_large_runs_what_the_budget_refuses(monkeypatch, unchanged):
     weights = attentions(seq_len=5)
-    expected = attention_flow(weights, output_positions=[0, 1])
+    expected = attention_flow(weights, token_index=torch.tensor([[0, 1]]))
     expected_class = AttentionFlow(unchanged).attribute(IDS, token_index="mean")
     monkeypatch.setattr(_cost, "FLOW_TIME_BUDGET_S", 0.0)
     with pytest.raises(ProblemTooLargeError) as raised:
-        attention_flow(weights, output_positions=[0, 1])
+        attention_flow(weights, token_index=torch.tensor([[0, 1]]))
     assert_documented(raised, ProblemTooLargeError, "allow_large")
-    assert torch.equal(attention_flow(weights, output_positions=[0, 1], allow_large=True), expected)
+    assert torch.equal(attention_flow(weights, token_index=torch.tensor([[0, 1]]), allow_large=True), expected)
     with pytest.raises(ProblemTooLargeError) as raised:
         AttentionFlow(unchanged).attribute(IDS, token_index="mean")
     assert_documented(raised, ProblemTooLargeError, "allow_large")
@@ -334,7 +359,7 @@ def test_adapter_finding_no_attention_layers(unchanged):
 
 def test_attention_kernel_that_cannot_be_switched():
     class NoSwitchAdapter(HuggingFaceAdapter):
-        def prepared(self):
+        def prepared(self, session):
             import contextlib
             return contextlib.nullcontext()
 
@@ -414,7 +439,7 @@ def test_non_finite_attention_computed_by_the_model():
     for method in METHODS:
         with pytest.raises(InvalidInputError) as raised:
             method(model).attribute(IDS)
-        assert_documented(raised, InvalidInputError, "attentions", "NaN or inf")
+        assert_documented(raised, InvalidInputError, "attention layer 2", "NaN or inf")
     assert_unchanged(model, before)
 
 

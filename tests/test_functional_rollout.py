@@ -80,7 +80,7 @@ def test_discard_ratio_zeroes_smallest_weights_but_keeps_residual():
     off_diagonal = transitions[0, 0][~torch.eye(5, dtype=torch.bool)].view(5, 4)
     # floor(0.6 * 5) = 3 of 5 keys dropped per row; the diagonal may or may not be one of them.
     assert ((off_diagonal > 0).sum(-1) <= 2).all()
-    # Row sums are at most 1 before renormalising, so the residual share can only grow.
+    # Row sums are at most 1 before renormalizing, so the residual share can only grow.
     assert (torch.diagonal(transitions[0, 0]) >= 0.5).all()
     torch.testing.assert_close(transitions.sum(-1), torch.ones(1, 1, 5, dtype=torch.float64))
 

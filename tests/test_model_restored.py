@@ -325,7 +325,7 @@ def test_weights_unavailable_error_restores_model():
     class NoSwitchAdapter(HuggingFaceAdapter):
         """Simulates a kernel that cannot be switched: SDPA stays on, no weights come out."""
 
-        def prepared(self):
+        def prepared(self, session):
             import contextlib
             return contextlib.nullcontext()
 

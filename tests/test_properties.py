@@ -50,21 +50,21 @@ def test_first_layer_flow_equals_first_layer_rollout(problem, data):
     weights, options = problem
     seq_len = weights.shape[-1]
     position = data.draw(st.integers(0, seq_len - 1))
-    flow = attention_flow(weights, output_positions=position, layer=0, normalize=False, **options)
+    flow = attention_flow(weights, token_index=position, layer=0, normalize=False, **options)
     rollout = attention_rollout(weights, **options)[0, :, position]
     assert torch.allclose(flow, rollout, atol=ATOL)
 
 
 @BOUNDED
 @given(attention_problems(max_batch=2), st.data())
-def test_unnormalised_flow_bounds(problem, data):
+def test_unnormalized_flow_bounds(problem, data):
     # The rollout row is one feasible flow to each input (it never exceeds an edge's
     # capacity), so the max-flow is at least as large; the source emits at most 1.
     weights, options = problem
     num_layers, seq_len = weights.shape[0], weights.shape[-1]
     layer = data.draw(st.integers(0, num_layers - 1))
     position = data.draw(st.integers(0, seq_len - 1))
-    flow = attention_flow(weights, output_positions=position, layer=layer, normalize=False, **options)
+    flow = attention_flow(weights, token_index=position, layer=layer, normalize=False, **options)
     rollout = attention_rollout(weights, **options)[layer, :, position]
     assert (flow >= rollout - ATOL).all()
     assert (flow <= 1 + ATOL).all()
@@ -85,8 +85,8 @@ def test_permuting_positions_permutes_results(problem, data):
     permuted_rollout = attention_rollout(permuted, **options)[layer, :, new_position]
     assert torch.allclose(permuted_rollout, rollout[:, order], atol=ATOL)
 
-    flow = attention_flow(weights, output_positions=position, layer=layer, **options)
-    permuted_flow = attention_flow(permuted, output_positions=new_position, layer=layer, **options)
+    flow = attention_flow(weights, token_index=position, layer=layer, **options)
+    permuted_flow = attention_flow(permuted, token_index=new_position, layer=layer, **options)
     assert torch.allclose(permuted_flow, flow[:, order], atol=ATOL)
 
 
@@ -128,7 +128,7 @@ def test_results_do_not_depend_on_batch_or_padding(problem, data):
         return attention_rollout(w, attention_mask=m, **options)[layer, :, p]
 
     def flow_row(w, p, m=None):
-        return attention_flow(w, output_positions=p, layer=layer, attention_mask=m, **options)
+        return attention_flow(w, token_index=p, layer=layer, attention_mask=m, **options)
 
     for method in (rollout_row, flow_row):
         alone = method(weights[:, example:example + 1], position)[0]

@@ -64,10 +64,10 @@ def test_patch_grid_is_the_cls_row_over_patch_tokens(name, pixels):
     grid = AttentionRollout(model).attribute(pixels, return_patch_grid=True)
     expected = attention_rollout(attentions)[-1, :, 0, n_special:].reshape(2, *GRID)
     torch.testing.assert_close(grid, expected.float(), atol=1e-5, rtol=0)
-    assert grid.sum(dim=(1, 2)).lt(1).all()  # special tokens dropped, not renormalised
+    assert grid.sum(dim=(1, 2)).lt(1).all()  # special tokens dropped, not renormalized
 
     flow_grid = AttentionFlow(model).attribute(pixels, return_patch_grid=True)
-    expected_flow = attention_flow(attentions, output_positions=0)[:, n_special:].reshape(2, *GRID)
+    expected_flow = attention_flow(attentions, token_index=0)[:, n_special:].reshape(2, *GRID)
     torch.testing.assert_close(flow_grid, expected_flow.float(), atol=1e-5, rtol=0)
 
     after = state(model)

@@ -3,6 +3,7 @@
 from captum_attnflow.attr._base import AttentionAttributionBase
 from captum_attnflow.attr.attention_flow import AttentionFlow
 from captum_attnflow.attr.attention_rollout import AttentionRollout
+from captum_attnflow.attr.llm_attention import LLMAttentionAttribution
 from captum_attnflow.attr.raw_attention import RawAttention
 
-__all__ = ["AttentionAttributionBase", "AttentionFlow", "AttentionRollout", "RawAttention"]
+__all__ = ["AttentionAttributionBase", "AttentionFlow", "AttentionRollout", "LLMAttentionAttribution", "RawAttention"]

@@ -1,78 +1,60 @@
 """Shared plumbing of the attention-based Captum attributions.
 
-Subclasses only say how per-layer scores follow from the captured attention
-(:meth:`AttentionAttributionBase._layer_scores`); capturing, validation, choosing the
-explained token and shaping the output live here once.
+Every class runs the same three steps, and only the second differs:
+
+1. check everything that can be checked without the model, then capture the attention of
+   one forward pass (:func:`~captum_attnflow.capture.capture_attention`);
+2. call its function of the functional API on the captured weights
+   (:func:`~captum_attnflow.functional.attention_rollout`,
+   :func:`~captum_attnflow.functional.attention_flow`,
+   :func:`~captum_attnflow.functional.raw_attention`), so the classes and the functional API
+   give identical results for the same options;
+3. map the token scores onto the inputs' shape and follow Captum's conventions (a tuple of
+   inputs gives a tuple of attributions).
 """
 
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from captum.attr import Attribution
 from torch import nn
 
 from captum_attnflow._validation import (
-    check_attention_mask,
-    check_attentions,
+    check_choice,
+    check_flag,
+    check_fraction,
+    check_head_fusion,
     check_layer,
-    check_mask_matches_inputs,
-    check_method_options,
     check_model_inputs,
-    check_position,
-    check_token_index,
 )
 from captum_attnflow.capture import AttentionAdapter, CapturedAttention, capture_attention
-from captum_attnflow.capture.base import mask_from_forward_args
 from captum_attnflow.capture.custom import WeightsReader, make_adapter
-from captum_attnflow.exceptions import InvalidParameterError
-from captum_attnflow.functional._maxflow import check_backend
+from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
+from captum_attnflow.functional import FLOW_BACKENDS, check_token_index
+from captum_attnflow.functional.positions import TokenIndex
 
-TokenIndex = Union[int, str, torch.Tensor, Sequence[int]]
-TOKEN_INDEX_MODES = ("mean", "last")
-
-
-def explained_positions(token_index: TokenIndex, valid: torch.Tensor) -> List[List[int]]:
-    """Positions whose rows are explained, per example, from ``token_index``.
-
-    ``valid`` is the ``(B, S)`` bool mask of real tokens. An int (or a ``(B,)`` tensor of
-    ints) picks one position, ``"mean"`` every real position (their scores are averaged),
-    ``"last"`` the last real position (decoders; works with left or right padding).
-    """
-    batch_size, seq_len = valid.shape
-    check_token_index(token_index, TOKEN_INDEX_MODES)
-    if isinstance(token_index, str):
-        real = [valid[b].nonzero().flatten().tolist() for b in range(batch_size)]
-        return real if token_index == "mean" else [[positions[-1]] for positions in real]
-    if isinstance(token_index, torch.Tensor) and token_index.ndim == 1 or isinstance(token_index, (list, tuple)):
-        per_example = token_index.tolist() if isinstance(token_index, torch.Tensor) else list(token_index)
-        if len(per_example) != batch_size:
-            raise InvalidParameterError(
-                f"token_index has {len(per_example)} entries but the batch has {batch_size} examples; "
-                "pass one position per example.")
-    else:
-        if isinstance(token_index, torch.Tensor):
-            token_index = token_index.item()
-        per_example = [token_index] * batch_size
-    positions = []
-    for b, index in enumerate(per_example):
-        position = check_position(index, seq_len, "token_index")
-        if not valid[b, position]:
-            raise InvalidParameterError(
-                f"token_index={index} points at a padding position of example {b}; explain a real "
-                "token (token_index='last' finds the last real token of each example).")
-        positions.append([position])
-    return positions
+#: Result layouts with one row per explained position (``(B, P, ...)``).
+MULTI_ROW = ("all",)
 
 
-def unwrap_inputs(inputs: Any) -> Any:
-    """Captum passes a 1-tuple for a single input; the attention methods take one tensor."""
-    if isinstance(inputs, tuple) and len(inputs) == 1:
-        return inputs[0]
-    return inputs
+def unwrap_inputs(inputs: Any) -> Tuple[Any, bool]:
+    """``(tensor, was_tuple)``: Captum passes a 1-tuple for a single input."""
+    if isinstance(inputs, tuple):
+        if len(inputs) != 1:
+            raise InvalidInputError(
+                f"inputs is a tuple of {len(inputs)} tensors; attention methods explain one input (token ids, "
+                "embeddings or pixels): pass the others through additional_forward_args.")
+        return inputs[0], True
+    return inputs, False
+
+
+def _multi_row(token_index: TokenIndex) -> bool:
+    return (isinstance(token_index, str) and token_index in MULTI_ROW) or (
+        isinstance(token_index, torch.Tensor) and token_index.ndim == 2)
 
 
 class AttentionAttributionBase(Attribution):
-    """Base class: capture attention once, turn it into per-layer token scores.
+    """Base class: capture attention once, hand it to the functional API, shape the result.
 
     Args:
         forward_func: the model, or a function of ``(inputs, *additional_forward_args)``
@@ -87,6 +69,10 @@ class AttentionAttributionBase(Attribution):
             the weights for other output formats.
         attention_fn: instead of hooks, ``callable(inputs, *additional_forward_args)`` returning
             the L per-layer ``(B, H, S, S)`` weights; ``model`` is then optional.
+
+    The padding mask is read from the model's own call for Hugging Face and PyTorch models
+    (see :mod:`captum_attnflow.capture`); with ``attention_modules`` or ``attention_fn`` it
+    cannot be seen, so pass ``attention_mask=`` to ``attribute`` for padded batches.
 
     Example:
         >>> import torch
@@ -114,55 +100,72 @@ class AttentionAttributionBase(Attribution):
     def has_convergence_delta(self) -> bool:
         return False
 
-    def capture(self, inputs: torch.Tensor, additional_forward_args=None,
-                head_fusion: Optional[str] = "mean") -> CapturedAttention:
+    def capture(self, inputs: torch.Tensor, additional_forward_args=None, head_fusion: Optional[str] = "mean",
+                attention_mask: Optional[torch.Tensor] = None) -> CapturedAttention:
         """Run the model once and return its (head-fused) attention; see :func:`capture_attention`."""
         return capture_attention(self.forward_func, inputs, additional_forward_args, model=self.model,
-                                 adapter=self.adapter, head_fusion=head_fusion)
+                                 adapter=self.adapter, head_fusion=head_fusion, attention_mask=attention_mask)
 
-    def _layer_scores(self, captured: CapturedAttention, valid: torch.Tensor,
-                      positions: List[List[int]], layers: List[int], **kwargs) -> torch.Tensor:
-        """``(len(layers), B, S)`` scores over the attention sequence."""
+    def _propagate(self, captured: CapturedAttention, **options) -> torch.Tensor:
+        """The functional API's result on the captured weights."""
         raise NotImplementedError
 
-    def _attribute(self, inputs, additional_forward_args, token_index, layer, return_all_layers,
-                   head_fusion, *, return_patch_grid: bool = False, **kwargs) -> torch.Tensor:
-        inputs = self.adapter.check_inputs(unwrap_inputs(inputs))
-        # Everything checkable without the model is checked first: fail fast, never mid-forward.
-        check_model_inputs(inputs, self.model)
-        check_method_options(dict(kwargs, return_patch_grid=return_patch_grid,
-                                  return_all_layers=return_all_layers))
-        if "backend" in kwargs:
-            check_backend(kwargs["backend"])
-        check_token_index(token_index, TOKEN_INDEX_MODES)
-        self._check_mask_before_forward(inputs, additional_forward_args)
-        captured = self.capture(inputs, additional_forward_args, head_fusion=head_fusion)
-        check_attentions(captured.attentions)  # NaN/inf from the model, before any method uses them
-        num_layers, batch_size, _, seq_len, _ = captured.attentions.shape
-        valid = self._valid_tokens(captured, batch_size, seq_len)
-        if return_all_layers:
-            layers = list(range(num_layers))
-        else:
-            layers = [check_layer(layer, num_layers)]
-        positions = explained_positions(token_index, valid)
-        scores = self._layer_scores(captured, valid, positions, layers, **kwargs)
-        # Only vision adapters know the option; others reject it instead of ignoring it.
+    def _attribute(self, inputs, additional_forward_args, *, token_index: TokenIndex, layer: Optional[int],
+                   return_all_layers: bool, head_fusion: str, attention_mask: Optional[torch.Tensor],
+                   return_patch_grid: bool = False, **options) -> Any:
+        inputs, was_tuple = unwrap_inputs(inputs)
+        inputs = self._check_before_forward(inputs, token_index, layer, return_all_layers, head_fusion,
+                                            return_patch_grid, options)
+        captured = self.capture(inputs, additional_forward_args, head_fusion=head_fusion,
+                                attention_mask=attention_mask)
+        scores = self._propagate(captured, token_index=token_index, layer=layer, return_all_layers=return_all_layers,
+                                 head_fusion=head_fusion, **options)
+        scores = self._to_input_shape(scores if return_all_layers else scores[None], inputs, token_index,
+                                      return_patch_grid)
+        scores = scores if return_all_layers else scores[0]
+        return (scores,) if was_tuple else scores
+
+    def _check_before_forward(self, inputs, token_index, layer, return_all_layers, head_fusion, return_patch_grid,
+                              options: Dict[str, Any]) -> torch.Tensor:
+        """Everything checkable without the model, so that nothing fails after a forward pass."""
+        inputs = self.adapter.check_inputs(inputs)
+        check_model_inputs(inputs, self.adapter.vocabulary_size())
+        check_head_fusion(head_fusion)
+        check_flag("return_all_layers", return_all_layers)
+        check_flag("return_patch_grid", return_patch_grid)
+        for name in ("normalize", "allow_large", "causal_normalization"):
+            if name in options:
+                check_flag(name, options[name])
+        if "residual_weight" in options:
+            check_fraction("residual_weight", options["residual_weight"])
+        if "discard_ratio" in options:
+            check_fraction("discard_ratio", options["discard_ratio"], upper_open=True)
+        if "backend" in options:
+            check_choice("backend", options["backend"], FLOW_BACKENDS,
+                         "('auto' picks the fastest exact engine)")
+        sequence_length = self.adapter.sequence_length(inputs)
+        check_token_index(token_index, inputs.shape[0] if inputs.ndim >= 2 else None, sequence_length)
+        num_layers = self.adapter.expected_num_layers()
+        if return_all_layers and layer is not None:
+            raise InvalidParameterError(
+                f"layer={layer!r} and return_all_layers=True contradict each other: return_all_layers returns "
+                "every layer; drop one of them.")
+        if num_layers is not None and layer is not None:
+            check_layer(layer, num_layers)
+        return inputs
+
+    def _to_input_shape(self, scores: torch.Tensor, inputs: torch.Tensor, token_index, return_patch_grid: bool):
+        """``(n, B, [P,] S)`` token scores onto the inputs' shape, row by row for several positions."""
         options = {"return_patch_grid": True} if return_patch_grid else {}
-        scores = self.adapter.scores_to_inputs(scores, inputs, **options)
-        return scores if return_all_layers else scores[0]
-
-    def _check_mask_before_forward(self, inputs: torch.Tensor, additional_forward_args) -> None:
-        """Where the padding mask is a named forward argument, check it before the model sees it."""
-        if type(self.adapter).attention_mask is not AttentionAdapter.attention_mask:
-            return  # the adapter finds its mask while the model runs (torch MHA) or has none (vision)
-        if additional_forward_args is None:
-            return
-        forward_args = additional_forward_args if isinstance(additional_forward_args, tuple) \
-            else (additional_forward_args,)
-        mask = mask_from_forward_args(self.model, forward_args, forward_func=self.forward_func)
-        check_mask_matches_inputs(mask, inputs)
-
-    @staticmethod
-    def _valid_tokens(captured: CapturedAttention, batch_size: int, seq_len: int) -> torch.Tensor:
-        mask = check_attention_mask(captured.attention_mask, batch_size, seq_len)
-        return torch.ones(batch_size, seq_len, dtype=torch.bool) if mask is None else mask.cpu()
+        if not _multi_row(token_index):
+            return self.adapter.scores_to_inputs(scores, inputs, **options)
+        num_layers, batch_size, num_rows, seq_len = scores.shape
+        # Map each explained row like a single-position result, then put the rows after the batch.
+        rows = scores.transpose(1, 2).reshape(num_layers * num_rows, batch_size, seq_len)
+        mapped = self.adapter.scores_to_inputs(rows, inputs, **options)
+        if mapped.shape[1] != batch_size:
+            raise InvalidParameterError(
+                f"token_index={'a (B, P) tensor' if isinstance(token_index, torch.Tensor) else repr(token_index)} "
+                "gives one row per position, which needs batch-first inputs; pass (B, S, ...) inputs.")
+        mapped = mapped.reshape(num_layers, num_rows, *mapped.shape[1:])
+        return mapped.transpose(1, 2)

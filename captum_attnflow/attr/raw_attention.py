@@ -1,13 +1,14 @@
 """Raw (head-fused) attention weights as a Captum attribution: the paper's baseline."""
 
-from typing import List
+from typing import Optional
 
 import torch
 from captum.log import log_usage
 
-from captum_attnflow.attr._base import AttentionAttributionBase, TokenIndex
+from captum_attnflow.attr._base import AttentionAttributionBase
 from captum_attnflow.capture import CapturedAttention
-from captum_attnflow.functional.fusion import fuse_heads
+from captum_attnflow.functional import raw_attention
+from captum_attnflow.functional.positions import TokenIndex
 
 
 class RawAttention(AttentionAttributionBase):
@@ -29,29 +30,30 @@ class RawAttention(AttentionAttributionBase):
     """
 
     @log_usage()
-    def attribute(self, inputs: torch.Tensor, target=None, additional_forward_args=None, *,
-                  token_index: TokenIndex = 0, layer: int = -1, return_all_layers: bool = False,
-                  head_fusion: str = "mean", return_patch_grid: bool = False) -> torch.Tensor:
+    def attribute(self, inputs, target=None, additional_forward_args=None, *,
+                  token_index: TokenIndex = 0, layer: Optional[int] = None, return_all_layers: bool = False,
+                  head_fusion: str = "mean", attention_mask: Optional[torch.Tensor] = None,
+                  return_patch_grid: bool = False):
         r"""
         Args:
-            inputs (Tensor): token ids ``(B, S)`` or pixel values ``(B, C, H, W)`` (vision models).
+            inputs (Tensor or tuple of one Tensor): token ids ``(B, S)`` or pixel values
+                ``(B, C, H, W)`` (vision models).
             target: unused.
             additional_forward_args (tuple, optional): e.g. ``(attention_mask,)``.
             token_index (int, Tensor or str): as in :class:`AttentionRollout`.
-            layer (int): which layer's attention (Python-list indexing).
-            return_all_layers (bool): return ``(L, B, S)``.
+            layer (int, optional): which layer's attention (Python-list indexing; default: the last).
+            return_all_layers (bool): return ``(L, B, ...)``.
             head_fusion (str): ``"mean"``, ``"max"`` or ``"min"``.
+            attention_mask (Tensor, optional): as in :class:`AttentionRollout`.
             return_patch_grid (bool): vision models only: the ``(B, grid_h, grid_w)`` patch scores.
 
         Returns:
-            Tensor shaped like ``inputs`` (``(L, *inputs.shape)`` with ``return_all_layers``).
+            Tensor shaped like ``inputs`` (``(L, *inputs.shape)`` with ``return_all_layers``);
+            the scores of :func:`captum_attnflow.functional.raw_attention`.
         """
-        return self._attribute(inputs, additional_forward_args, token_index, layer, return_all_layers,
-                               head_fusion, return_patch_grid=return_patch_grid)
+        return self._attribute(inputs, additional_forward_args, token_index=token_index, layer=layer,
+                               return_all_layers=return_all_layers, head_fusion=head_fusion,
+                               attention_mask=attention_mask, return_patch_grid=return_patch_grid)
 
-    def _layer_scores(self, captured: CapturedAttention, valid: torch.Tensor, positions: List[List[int]],
-                      layers: List[int]) -> torch.Tensor:
-        fused_attention = fuse_heads(captured.attentions[layers], captured.head_fusion or "mean")
-        fused_attention = fused_attention.masked_fill(~valid.to(fused_attention.device)[None, :, None, :], 0.0)
-        rows = [fused_attention[:, b, example_positions].mean(dim=1) for b, example_positions in enumerate(positions)]
-        return torch.stack(rows, dim=1).float()
+    def _propagate(self, captured: CapturedAttention, **options) -> torch.Tensor:
+        return raw_attention(captured, **options)

@@ -3,10 +3,28 @@
 The pipeline's first stage. An *adapter* knows, for one family of models, which
 modules compute attention, how to read the ``(B, H, S, S)`` weights from their
 outputs, how to prepare the model so the weights exist (for example switching
-Hugging Face models from SDPA to eager attention) and where the padding mask is.
-:func:`capture_attention` runs the forward pass with hooks on those modules and
-fuses the heads of each layer as soon as it has run, so only ``L·B·S²`` values
-are kept (``keep_heads=True`` keeps every head instead).
+Hugging Face models from SDPA to eager attention) and how to see the padding mask the
+model receives. :func:`capture_attention` runs the forward pass with hooks on those
+modules, checks each layer's weights head by head and fuses the heads as soon as the
+layer has run, so only ``L·B·S²`` values are kept (``head_fusion=None`` keeps every head).
+
+Guarantees of a capture:
+
+* **The padding mask is the one the model received**, read by a forward pre-hook from the
+  model's own call (the ``attention_mask`` argument of a Hugging Face model, bound to its
+  signature; the ``key_padding_mask`` reaching ``nn.MultiheadAttention``), whatever the
+  wrapper's parameter names or order. Nothing is looked up by name in the caller's
+  arguments. Adapters that cannot see the mask (``attention_fn=``, user-named modules) take
+  an explicit ``attention_mask=``.
+* **Only the calling thread's forward pass is recorded.** Other threads running the same
+  model meanwhile are neither recorded nor changed by the hooks. One capture per model runs
+  at a time (a per-model lock, since preparing the model changes its state); captures of
+  different models run concurrently.
+* **One pass of the attention stack.** A forward function that runs the model twice is an
+  error, not 2·L layers.
+* **Values are checked per head, before fusion**: NaN/inf, negative weights and weights
+  above 1 raise :class:`~captum_attnflow.exceptions.InvalidInputError` (rows of padded
+  queries, which may see nothing but padding, are zeroed first).
 
 Nothing here does graph math. Adapters: ``huggingface`` (text), ``vision`` (ViT/DeiT,
 timm), ``torch_nn`` (``nn.MultiheadAttention``) and ``custom`` (user-named modules or a
@@ -14,31 +32,35 @@ function returning the weights).
 """
 
 import contextlib
-import inspect
 import threading
 import warnings
-from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, List, Optional, Sequence, Tuple, Type
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
 
-from captum_attnflow._validation import check_head_fusion, check_token_ids
+from captum_attnflow._validation import (
+    check_attention_mask,
+    check_attention_values,
+    check_head_fusion,
+    check_token_ids,
+    padding_mask_to_valid,
+    warn_if_rows_do_not_sum_to_one,
+)
 from captum_attnflow.exceptions import (
     AttentionCaptureError,
+    InvalidInputError,
     InvalidParameterError,
     UnsupportedModelError,
 )
-from captum_attnflow.functional.fusion import fuse_heads
-
-# One capture at a time: hooks and the attention implementation are per-model state,
-# and two threads switching them on the same model would restore each other's changes.
-_CAPTURE_LOCK = threading.RLock()
+from captum_attnflow.functional.fusion import AttentionWeights, fuse_heads
 
 
 @dataclass
-class CapturedAttention:
-    """What one forward pass revealed.
+class CapturedAttention(AttentionWeights):
+    """What one forward pass revealed; the functional API takes it as ``attentions``.
 
     Attributes:
         attentions: ``(L, B, H, S, S)`` weights; ``H == 1`` when heads were fused during
@@ -49,31 +71,64 @@ class CapturedAttention:
         adapter: the adapter that captured the weights.
     """
 
-    attentions: torch.Tensor
-    attention_mask: Optional[torch.Tensor]
-    head_fusion: Optional[str]
-    outputs: Any
-    adapter: "AttentionAdapter"
+    outputs: Any = None
+    adapter: Optional["AttentionAdapter"] = None
 
-    @property
-    def num_layers(self) -> int:
-        return self.attentions.shape[0]
+
+@dataclass
+class CaptureSession:
+    """State of one capture: filled by the hooks of the calling thread only."""
+
+    head_fusion: Optional[str]
+    training: bool
+    thread_id: int = field(default_factory=threading.get_ident)
+    #: ``(B, S)`` bool mask of real tokens seen in the model's call (None: no padding seen).
+    observed_mask: Optional[torch.Tensor] = None
+    #: Calls of the module that runs the attention stack.
+    stack_calls: int = 0
+    recorded: List[torch.Tensor] = field(default_factory=list)
+
+    def is_mine(self) -> bool:
+        """Hooks act only on the forward pass of the thread that installed them."""
+        return threading.get_ident() == self.thread_id
+
+    def record_layer(self, weights: torch.Tensor, where: str) -> None:
+        """Check a layer's per-head ``(B, H, S, S)`` weights and keep them (heads fused on the spot)."""
+        weights = weights.detach()
+        if weights.ndim != 4 or weights.shape[-1] != weights.shape[-2]:
+            raise AttentionCaptureError(
+                f"{where} returned attention weights of shape {tuple(weights.shape)}; expected (B, H, S, S).")
+        valid = self.observed_mask
+        if valid is not None and tuple(valid.shape) == (weights.shape[0], weights.shape[-1]) and not bool(valid.all()):
+            # A query that sees only padding gets NaN from a softmax; its row is never used.
+            weights = weights.masked_fill(~valid.to(weights.device)[:, None, :, None], 0.0)
+        by_mean = self.head_fusion == "mean"
+        # Dropout (training mode) scales kept weights by 1/(1-p) and breaks the row sums.
+        check_attention_values(weights, where, allow_above_one=self.training,
+                               check_row_sums=not by_mean and not self.training)
+        fused = fuse_heads(weights, self.head_fusion)[:, None] if self.head_fusion else weights
+        if by_mean and not self.training:
+            # The fused rows' sums are the mean of the heads' sums: one pass over B·S² instead of B·H·S².
+            warn_if_rows_do_not_sum_to_one(fused[:, 0].sum(dim=-1), where)
+        self.recorded.append(fused)
 
 
 class AttentionAdapter:
     """Base class of per-family capture adapters.
 
     Subclasses implement :meth:`supports`, :meth:`attention_modules` and, where the
-    defaults do not fit, :meth:`weights_from_output`, :meth:`prepared` and
-    :meth:`attention_mask`. Register them with :func:`register_adapter`.
+    defaults do not fit, :meth:`weights_from_output`, :meth:`prepared`,
+    :meth:`mask_observers` (with ``observes_padding_mask = True``), :meth:`stack_module`
+    and :meth:`expected_num_layers`. Register them with :func:`register_adapter`.
     """
 
     #: Short name shown in errors and reprs.
     name = "base"
-    #: The function the last capture ran (set by :func:`capture_attention`).
-    forward_func: Optional[Callable] = None
+    #: True when the adapter reads the padding mask from the model's own call; False when the
+    #: caller must pass it as ``attention_mask=`` (user functions, user-named modules).
+    observes_padding_mask = False
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: Optional[nn.Module]):
         self.model = model
 
     @classmethod
@@ -94,36 +149,65 @@ class AttentionAdapter:
         """Validate ``inputs`` for this family (default: integer token ids of shape ``(B, S)``)."""
         return check_token_ids(inputs)
 
+    def sequence_length(self, inputs: torch.Tensor) -> Optional[int]:
+        """Positions the model will attend over, when the inputs tell (token ids: ``S``)."""
+        return inputs.shape[1] if inputs.ndim == 2 else None
+
+    def expected_num_layers(self) -> Optional[int]:
+        """Attention layers one forward pass records, when known before it runs."""
+        return None
+
+    def vocabulary_size(self) -> Optional[int]:
+        """Rows of the model's input embedding, when it exposes one."""
+        get_embeddings = getattr(self.model, "get_input_embeddings", None)
+        if not callable(get_embeddings):
+            return None
+        try:
+            return getattr(get_embeddings(), "num_embeddings", None)
+        except (NotImplementedError, AttributeError):
+            return None
+
+    def check_forward_args(self, forward_func: Callable, inputs: torch.Tensor, forward_args: Tuple) -> None:
+        """Refuse, before the forward pass, extra arguments the model would misread (default: none)."""
+
+    def lock_key(self) -> Any:
+        """What two captures must not prepare at once: the attention stack they share."""
+        modules = self.attention_modules()
+        return modules[0] if modules else self
+
+    def stack_module(self) -> Optional[nn.Module]:
+        """The module that runs the whole attention stack once per forward pass (calls are counted)."""
+        return self.model if isinstance(self.model, nn.Module) else None
+
     def record(self, forward_func: Callable, inputs: torch.Tensor, forward_args: Tuple,
-               head_fusion: Optional[str]) -> Tuple[Any, List[torch.Tensor]]:
-        """Run ``forward_func`` once; return its output and the per-layer ``(B, H, S, S)`` weights.
+               session: CaptureSession) -> Any:
+        """Run ``forward_func`` once; the hooks fill ``session.recorded``. Returns the output.
 
         The default hooks :meth:`attention_modules` inside :meth:`prepared`; adapters that get
         the weights another way (a user function, say) override this.
         """
-        recorded: List[torch.Tensor] = []
-        with self.prepared():
+        with self.prepared(session):
             modules = self.attention_modules()
             if not modules:
                 raise AttentionCaptureError(
                     f"No attention layers found in {type(self.model).__name__} by the "
                     f"'{self.name}' adapter; name them with attention_modules=[...].")
-            with _recording_hooks(self, modules, head_fusion, recorded), torch.no_grad():
+            with self.mask_observers(session), _stack_counter(self.stack_module(), session), \
+                    _recording_hooks(self, modules, session), torch.no_grad():
                 outputs = forward_func(inputs, *forward_args)
-        if not recorded:
+        if not session.recorded:
             raise AttentionCaptureError(
                 f"The forward pass ran none of the {len(modules)} attention modules found by the "
                 f"'{self.name}' adapter; check that forward_func runs this model.")
-        return outputs, recorded
+        return outputs
 
-    def prepared(self) -> ContextManager:
+    def prepared(self, session: CaptureSession) -> ContextManager:
         """Context in which the model returns attention weights; restores the model on exit."""
         return contextlib.nullcontext()
 
-    def attention_mask(self, inputs: torch.Tensor, additional_forward_args: Tuple) -> Optional[torch.Tensor]:
-        """The ``(B, S)`` padding mask, found by the forward signature's ``attention_mask`` slot."""
-        return mask_from_forward_args(self.model, additional_forward_args,
-                                      forward_func=getattr(self, "forward_func", None))
+    def mask_observers(self, session: CaptureSession) -> ContextManager:
+        """Context with hooks that set ``session.observed_mask`` from the model's own call."""
+        return contextlib.nullcontext()
 
     def scores_to_inputs(self, scores: torch.Tensor, inputs: torch.Tensor, **options) -> torch.Tensor:
         """Map ``(n_layers, B, S)`` token scores onto the shape of ``inputs``.
@@ -190,39 +274,8 @@ def resolve_model(forward_func: Callable, model: Optional[nn.Module] = None) -> 
     )
 
 
-def _extra_parameter_names(function: Callable, count: int) -> List[str]:
-    try:
-        return list(inspect.signature(function).parameters)[1:1 + count]
-    except (TypeError, ValueError):
-        return []
-
-
-def mask_from_forward_args(model: nn.Module, additional_forward_args: Tuple, *,
-                           forward_func: Optional[Callable] = None) -> Optional[torch.Tensor]:
-    """Find ``attention_mask`` among positional extra arguments, as Captum passes them.
-
-    A wrapper ``forward_func`` naming a parameter ``attention_mask`` (e.g. ``lambda ids,
-    attention_mask: model(ids, attention_mask=attention_mask, position_ids=...)``) is read
-    first; otherwise the model's own forward signature decides.
-    """
-    if not additional_forward_args:
-        return None
-    if forward_func is not None and forward_func is not model:
-        wrapper_names = _extra_parameter_names(forward_func, len(additional_forward_args))
-        if "attention_mask" in wrapper_names:
-            return additional_forward_args[wrapper_names.index("attention_mask")]
-    extra_names = _extra_parameter_names(model.forward, len(additional_forward_args))
-    if "attention_mask" in extra_names:
-        return additional_forward_args[extra_names.index("attention_mask")]
-    if not extra_names:
-        # Signature unknown (*args): a BERT-like model takes the mask right after the ids.
-        first = additional_forward_args[0]
-        if isinstance(first, torch.Tensor) and first.ndim == 2 and not first.is_floating_point():
-            return first
-    return None
-
-
-def _format_forward_args(additional_forward_args) -> Tuple:
+def format_forward_args(additional_forward_args) -> Tuple:
+    """Captum's ``additional_forward_args`` as a tuple (a single value becomes a 1-tuple)."""
     if additional_forward_args is None:
         return ()
     if isinstance(additional_forward_args, tuple):
@@ -231,11 +284,12 @@ def _format_forward_args(additional_forward_args) -> Tuple:
 
 
 @contextlib.contextmanager
-def _recording_hooks(adapter: AttentionAdapter, modules: Sequence[nn.Module],
-                     head_fusion: Optional[str], recorded: List[torch.Tensor]):
-    """Forward hooks that fuse each layer's heads on the spot (only ``B·S²`` kept per layer)."""
+def _recording_hooks(adapter: AttentionAdapter, modules: Sequence[nn.Module], session: CaptureSession):
+    """Forward hooks that check and record each layer of the calling thread's forward pass."""
 
     def record(module, _args, output):
+        if not session.is_mine():
+            return  # another thread using the model: neither recorded nor disturbed
         weights = adapter.weights_from_output(module, output)
         if weights is None:
             raise AttentionCaptureError(
@@ -243,8 +297,7 @@ def _recording_hooks(adapter: AttentionAdapter, modules: Sequence[nn.Module],
                 f"Load the model with attn_implementation='eager' or use a model the "
                 f"'{adapter.name}' adapter can switch to eager attention."
             )
-        weights = weights.detach()
-        recorded.append(fuse_heads(weights, head_fusion)[:, None] if head_fusion else weights)
+        session.record_layer(weights, f"attention layer {len(session.recorded) + 1} ({type(module).__name__})")
 
     handles = [module.register_forward_hook(record) for module in modules]
     try:
@@ -254,54 +307,136 @@ def _recording_hooks(adapter: AttentionAdapter, modules: Sequence[nn.Module],
             handle.remove()
 
 
-def _warn_if_training(model: nn.Module):
-    if model.training:
-        warnings.warn(
-            "The model is in training mode: dropout makes attention weights random. "
-            "Call model.eval() for reproducible attributions.", UserWarning, stacklevel=4)
+@contextlib.contextmanager
+def _stack_counter(stack: Optional[nn.Module], session: CaptureSession):
+    """Count the calling thread's calls of the attention stack; a second call is refused."""
+    if stack is None:
+        yield
+        return
+
+    def count(module, _args):
+        if session.is_mine():
+            session.stack_calls += 1
+            if session.stack_calls > 1:
+                raise AttentionCaptureError(
+                    f"forward_func ran {type(module).__name__} more than once in one call, so its attention layers "
+                    "would be recorded twice. Explain one forward pass: wrap the model so that it runs once "
+                    "(e.g. compare outputs outside forward_func).")
+
+    handle = stack.register_forward_pre_hook(count)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+# ---------------------------------------------------------------------------- locks and restore
+
+_LOCKS_GUARD = threading.Lock()
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_OTHER_LOCKS: Dict[int, threading.RLock] = {}
+
+
+def model_lock(key: Any) -> threading.RLock:
+    """One lock per attention stack: captures of the same model take turns, others run at once."""
+    with _LOCKS_GUARD:
+        try:
+            return _MODEL_LOCKS.setdefault(key, threading.RLock())
+        except TypeError:  # not weak-referenceable
+            return _OTHER_LOCKS.setdefault(id(key), threading.RLock())
+
+
+def _in_training_mode(model: Optional[nn.Module]) -> bool:
+    return isinstance(model, nn.Module) and any(module.training for module in model.modules())
+
+
+def _warn_if_training(model: Optional[nn.Module]) -> bool:
+    if not _in_training_mode(model):
+        return False
+    warnings.warn(
+        "Part of the model is in training mode (dropout makes attention weights random and breaks "
+        "their row sums). Call model.eval() for reproducible attributions.", UserWarning, stacklevel=4)
+    return True
+
+
+def _observed_or_explicit_mask(adapter: AttentionAdapter, session: CaptureSession,
+                               attention_mask: Optional[torch.Tensor], batch_size: int,
+                               seq_len: int) -> Optional[torch.Tensor]:
+    """The padding mask: the one the model received, or the caller's where the adapter cannot see it."""
+    explicit = check_attention_mask(attention_mask, batch_size, seq_len)
+    if not adapter.observes_padding_mask:
+        return explicit
+    observed = check_attention_mask(session.observed_mask, batch_size, seq_len)
+    if explicit is None:
+        return observed
+    observed_or_all = observed if observed is not None else torch.ones_like(explicit)
+    if not torch.equal(explicit.cpu(), observed_or_all.cpu()):
+        raise InvalidInputError(
+            "attention_mask differs from the padding mask the model received in its own call "
+            f"({'none' if observed is None else 'a different one'}); the model attended accordingly. Pass the "
+            "same mask to the model (through additional_forward_args), or leave attention_mask out.")
+    return observed
 
 
 def capture_attention(forward_func: Callable, inputs: torch.Tensor, additional_forward_args=None, *,
                       model: Optional[nn.Module] = None, adapter: Optional[AttentionAdapter] = None,
-                      head_fusion: Optional[str] = "mean") -> CapturedAttention:
-    """Run ``forward_func(inputs, *additional_forward_args)`` once and capture attention.
+                      head_fusion: Optional[str] = "mean",
+                      attention_mask: Optional[torch.Tensor] = None) -> CapturedAttention:
+    """Run ``forward_func(inputs, *additional_forward_args)`` once and capture its attention.
+
+    The result can be handed to :func:`~captum_attnflow.functional.attention_rollout`,
+    :func:`~captum_attnflow.functional.attention_flow` and
+    :func:`~captum_attnflow.functional.raw_attention` as ``attentions``; it carries the
+    padding mask the model received.
 
     Args:
         forward_func: the model, or any function of ``(inputs, *additional_forward_args)``
             that runs it (then pass ``model=``).
         inputs: the model's first positional input (token ids ``(B, S)``, pixels ...).
-        additional_forward_args: extra positional arguments, as in Captum; the padding mask
-            is found among them by the forward signature (``attention_mask``).
+        additional_forward_args: extra positional arguments, as in Captum.
         model: the ``nn.Module`` holding the attention layers, if ``forward_func`` is not it.
         adapter: an :class:`AttentionAdapter` instance; default: the registered one for the model.
         head_fusion: fuse heads while capturing (``"mean"``, ``"max"``, ``"min"``) or None to keep
             every head.
+        attention_mask: the ``(B, S)`` padding mask, for adapters that cannot see the one the model
+            receives (``attention_fn=``, user-named modules); elsewhere it must equal that one.
 
     Example:
         >>> from transformers import BertConfig, BertModel
         >>> model = BertModel(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=2,
         ...                              num_attention_heads=2, intermediate_size=16)).eval()
-        >>> captured = capture_attention(model, torch.tensor([[1, 5, 7, 2]]))
-        >>> tuple(captured.attentions.shape)
-        (2, 1, 1, 4, 4)
+        >>> ids, mask = torch.tensor([[1, 5, 7, 2], [1, 6, 2, 0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+        >>> captured = capture_attention(lambda i, m: model(input_ids=i, attention_mask=m), ids, (mask,), model=model)
+        >>> tuple(captured.attentions.shape), captured.attention_mask.tolist()
+        ((2, 2, 1, 4, 4), [[True, True, True, True], [True, True, True, False]])
     """
     if head_fusion is not None:
         check_head_fusion(head_fusion)
     if adapter is None:
         adapter = find_adapter(resolve_model(forward_func, model))
-    forward_args = _format_forward_args(additional_forward_args)
-    if isinstance(adapter.model, nn.Module):  # None for a user attention_fn without a model
-        _warn_if_training(adapter.model)
-    with _CAPTURE_LOCK:
-        adapter.forward_func = forward_func  # lets attention_mask() read a wrapper's signature
-        outputs, recorded = adapter.record(forward_func, inputs, forward_args, head_fusion)
-        # Inside the lock: adapters may keep the mask of the last call (torch MHA records it),
-        # and another thread's capture with the same adapter would overwrite it.
-        mask = adapter.attention_mask(inputs, forward_args)
-    shapes = {tuple(w.shape) for w in recorded}
+    forward_args = format_forward_args(additional_forward_args)
+    adapter.check_forward_args(forward_func, inputs, forward_args)
+    session = CaptureSession(head_fusion=head_fusion, training=_warn_if_training(adapter.model))
+    if attention_mask is not None and not adapter.observes_padding_mask:
+        # Known before the forward pass: the hooks zero the rows of padded queries with it.
+        session.observed_mask = padding_mask_to_valid(attention_mask)
+    with model_lock(adapter.lock_key()):
+        outputs = adapter.record(forward_func, inputs, forward_args, session)
+    _check_layer_count(adapter, session)
+    attentions = torch.stack(session.recorded)
+    mask = _observed_or_explicit_mask(adapter, session, attention_mask, attentions.shape[1], attentions.shape[-1])
+    return CapturedAttention(attentions=attentions, attention_mask=mask, head_fusion=head_fusion, checked=True,
+                             outputs=outputs, adapter=adapter)
+
+
+def _check_layer_count(adapter: AttentionAdapter, session: CaptureSession) -> None:
+    shapes = {tuple(w.shape) for w in session.recorded}
     if len(shapes) != 1:
         raise AttentionCaptureError(
             f"Captured attention layers have different shapes {sorted(shapes)}; capture one "
             "attention stack at a time (e.g. the encoder of an encoder-decoder model).")
-    return CapturedAttention(attentions=torch.stack(recorded), attention_mask=mask,
-                             head_fusion=head_fusion, outputs=outputs, adapter=adapter)
+    expected = adapter.expected_num_layers()
+    if expected is not None and len(session.recorded) != expected:
+        raise AttentionCaptureError(
+            f"One forward pass recorded {len(session.recorded)} attention layers but the model has {expected}: "
+            "forward_func ran the attention stack more (or less) than once. Explain one forward pass of the model.")

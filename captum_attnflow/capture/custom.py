@@ -9,26 +9,21 @@
   *additional_forward_args)``, which returns the L per-layer ``(B, H, S, S)`` weights; the
   model is not run.
 
-In both, the padding mask is the extra argument named ``attention_mask`` (1 = real token)
-in the forward (or ``attention_fn``) signature, as for Hugging Face models.
+Neither can see the padding mask the model uses (it may reach the attention under any
+name, or not at all), so padded batches need an explicit ``attention_mask=`` (``(B, S)``,
+1/True = real token) on ``attribute`` or :func:`~captum_attnflow.capture_attention`;
+without it every position is taken as real.
 :func:`make_adapter` builds the right adapter from the Captum classes' constructor options.
 """
 
-import inspect
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from captum_attnflow.capture._sequence import check_sequence_inputs, scores_to_sequence_inputs
-from captum_attnflow.capture.base import (
-    AttentionAdapter,
-    find_adapter,
-    mask_from_forward_args,
-    resolve_model,
-)
+from captum_attnflow.capture.base import AttentionAdapter, CaptureSession, find_adapter, resolve_model
 from captum_attnflow.exceptions import AttentionCaptureError, InvalidParameterError, UnsupportedModelError
-from captum_attnflow.functional.fusion import fuse_heads
 
 WeightsReader = Callable[[nn.Module, Any], Optional[torch.Tensor]]
 
@@ -96,14 +91,6 @@ class ModuleAttentionAdapter(_SequenceInputsMixin, AttentionAdapter):
         return self._reader(module, output)
 
 
-def _mask_by_signature(function: Callable, forward_args: Tuple) -> Optional[torch.Tensor]:
-    try:
-        names = list(inspect.signature(function).parameters)[1:1 + len(forward_args)]
-    except (TypeError, ValueError):
-        return None
-    return forward_args[names.index("attention_mask")] if "attention_mask" in names else None
-
-
 class FunctionAttentionAdapter(_SequenceInputsMixin, AttentionAdapter):
     """Weights from a user function ``attention_fn(inputs, *additional_forward_args)``.
 
@@ -135,7 +122,7 @@ class FunctionAttentionAdapter(_SequenceInputsMixin, AttentionAdapter):
     def attention_modules(self) -> List[nn.Module]:
         return []
 
-    def record(self, forward_func, inputs, forward_args, head_fusion):
+    def record(self, forward_func, inputs, forward_args, session: CaptureSession):
         with torch.no_grad():
             layers = self.attention_fn(inputs, *forward_args)
         if isinstance(layers, torch.Tensor) and layers.ndim == 5:
@@ -145,15 +132,12 @@ class FunctionAttentionAdapter(_SequenceInputsMixin, AttentionAdapter):
             raise AttentionCaptureError(
                 "attention_fn must return a non-empty sequence of (B, H, S, S) tensors or one "
                 f"(L, B, H, S, S) tensor, got {type(layers).__name__}.")
-        recorded = [w.detach() for w in layers]
-        if head_fusion:
-            recorded = [fuse_heads(w, head_fusion)[:, None] for w in recorded]
-        return None, recorded
+        for layer, weights in enumerate(layers, start=1):
+            session.record_layer(weights, f"attention_fn layer {layer}")  # checked per head, then fused
+        return None
 
-    def attention_mask(self, inputs, additional_forward_args) -> Optional[torch.Tensor]:
-        if isinstance(self.model, nn.Module):
-            return mask_from_forward_args(self.model, additional_forward_args)
-        return _mask_by_signature(self.attention_fn, additional_forward_args)
+    def lock_key(self):
+        return self
 
 
 def make_adapter(forward_func: Callable, model: Optional[nn.Module] = None, *,

@@ -10,8 +10,10 @@ For the call only:
 * the key padding mask that reaches the attention is recorded. It is how the padding
   mask is found: pass ``src_key_padding_mask`` (True = padding, torch's convention) to
   your model through ``additional_forward_args`` as its forward expects, and whatever
-  reaches ``nn.MultiheadAttention`` as ``key_padding_mask`` (bool, or float with ``-inf``
-  at padding) defines the real tokens. No name lookup or convention guessing is involved.
+  reaches ``nn.MultiheadAttention`` as ``key_padding_mask`` defines the real tokens, read
+  as torch reads it: bool (True = padding) or an additive float mask (0 = attend,
+  ``<= -1e4`` or ``-inf`` = padding; other values are soft biases and are refused). No name
+  lookup or convention guessing is involved.
 
 Hooks and the fast-path setting are restored on exit. Attention inside
 ``nn.TransformerDecoderLayer`` (decoder self- and cross-attention) is skipped when the
@@ -20,14 +22,15 @@ model also has other attention: the encoder is explained.
 
 import contextlib
 import inspect
+import threading
 from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from captum_attnflow._validation import check_key_padding_mask
+from captum_attnflow._validation import check_key_padding_mask, padding_mask_to_valid
 from captum_attnflow.capture._sequence import check_sequence_inputs, scores_to_sequence_inputs
-from captum_attnflow.capture.base import AttentionAdapter, register_adapter
+from captum_attnflow.capture.base import AttentionAdapter, CaptureSession, register_adapter
 
 _MHA_PARAMETERS = list(inspect.signature(nn.MultiheadAttention.forward).parameters)[1:]  # no self
 _FORCED = {"need_weights": True, "average_attn_weights": False}
@@ -50,32 +53,38 @@ def _argument(name: str, args: Tuple, kwargs: dict) -> Any:
     return args[index] if len(args) > index else kwargs.get(name)
 
 
-def padding_to_valid(key_padding_mask: torch.Tensor) -> torch.Tensor:
-    """torch's key padding mask (bool True = pad, or additive float ``-inf`` = pad) to True = real."""
-    if key_padding_mask.dtype == torch.bool:
-        return ~key_padding_mask
-    return torch.isfinite(key_padding_mask) & (key_padding_mask > torch.finfo(key_padding_mask.dtype).min)
+_FASTPATH_GUARD = threading.Lock()
+_FASTPATH_USERS = 0
+_FASTPATH_SAVED = True
 
 
 @contextlib.contextmanager
 def fastpath_disabled():
-    """Turn off ``torch.backends.mha``'s fused fast path for the block; restore it after."""
-    previous = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
+    """Turn off ``torch.backends.mha``'s fused fast path while any capture needs it off.
+
+    The switch is process-wide, so concurrent captures share it: the first one in saves and
+    clears it, the last one out restores it.
+    """
+    global _FASTPATH_USERS, _FASTPATH_SAVED
+    with _FASTPATH_GUARD:
+        if _FASTPATH_USERS == 0:
+            _FASTPATH_SAVED = torch.backends.mha.get_fastpath_enabled()
+            torch.backends.mha.set_fastpath_enabled(False)
+        _FASTPATH_USERS += 1
     try:
         yield
     finally:
-        torch.backends.mha.set_fastpath_enabled(previous)
+        with _FASTPATH_GUARD:
+            _FASTPATH_USERS -= 1
+            if _FASTPATH_USERS == 0:
+                torch.backends.mha.set_fastpath_enabled(_FASTPATH_SAVED)
 
 
 class TorchMultiheadAttentionAdapter(AttentionAdapter):
     """Every ``nn.MultiheadAttention`` inside the model, one layer per call, in call order."""
 
     name = "torch-mha"
-
-    def __init__(self, model: nn.Module):
-        super().__init__(model)
-        self._padding_mask: Optional[torch.Tensor] = None
+    observes_padding_mask = True
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
@@ -90,28 +99,27 @@ class TorchMultiheadAttentionAdapter(AttentionAdapter):
 
     def weights_from_output(self, module: nn.Module, output: Any) -> Optional[torch.Tensor]:
         weights = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
-        if not isinstance(weights, torch.Tensor) or weights.ndim != 4:
-            return None
-        # A query that sees only padding (causal mask + left padding) gets NaN from softmax;
-        # its row is replaced by the identity downstream, so 0 is a safe placeholder.
-        return torch.nan_to_num(weights, nan=0.0)
+        return weights if isinstance(weights, torch.Tensor) and weights.ndim == 4 else None
 
     @contextlib.contextmanager
-    def prepared(self):
-        self._padding_mask = None
-
-        def force_and_record_mask(module, args, kwargs):
+    def prepared(self, session: CaptureSession):
+        def force_and_observe_mask(module, args, kwargs):
+            if not session.is_mine():
+                return None  # another thread's call runs as it asked
             key_padding_mask = _argument("key_padding_mask", args, kwargs)
             key = _argument("key", args, kwargs)
-            if isinstance(key_padding_mask, torch.Tensor) and isinstance(key, torch.Tensor) and key.ndim == 3:
-                # Our exception instead of torch's assertion deep inside the model.
-                batch_axis, seq_axis = (0, 1) if module.batch_first else (1, 0)
-                check_key_padding_mask(key_padding_mask, key.shape[batch_axis], key.shape[seq_axis])
-            if self._padding_mask is None and isinstance(key_padding_mask, torch.Tensor):
-                self._padding_mask = key_padding_mask.detach()
+            if isinstance(key_padding_mask, torch.Tensor):
+                if isinstance(key, torch.Tensor) and key.ndim == 3:
+                    # Our exception instead of torch's assertion deep inside the model.
+                    batch_axis, seq_axis = (0, 1) if module.batch_first else (1, 0)
+                    check_key_padding_mask(key_padding_mask, key.shape[batch_axis], key.shape[seq_axis])
+                if session.observed_mask is None:
+                    session.observed_mask = padding_mask_to_valid(
+                        key_padding_mask, convention="key-padding",
+                        name="the key_padding_mask reaching nn.MultiheadAttention")
             return _force_weights(args, kwargs)
 
-        handles = [m.register_forward_pre_hook(force_and_record_mask, with_kwargs=True)
+        handles = [m.register_forward_pre_hook(force_and_observe_mask, with_kwargs=True)
                    for m in self.attention_modules()]
         try:
             with fastpath_disabled():
@@ -119,11 +127,6 @@ class TorchMultiheadAttentionAdapter(AttentionAdapter):
         finally:
             for handle in handles:
                 handle.remove()
-
-    def attention_mask(self, inputs, additional_forward_args) -> Optional[torch.Tensor]:
-        if self._padding_mask is None:
-            return None
-        return padding_to_valid(self._padding_mask)
 
     def check_inputs(self, inputs: Any) -> torch.Tensor:
         return check_sequence_inputs(inputs)

@@ -40,7 +40,7 @@ def patch_scores_to_pixels(scores: torch.Tensor, inputs: torch.Tensor, patch_siz
         inputs: the ``(B, C, H, W)`` pixel values the model saw.
         patch_size: ``(p_h, p_w)``; the grid is ``(H // p_h, W // p_w)``.
         return_patch_grid: return the raw ``(n, B, grid_h, grid_w)`` patch scores instead:
-            the scores of the patch tokens, special tokens dropped, not renormalised.
+            the scores of the patch tokens, special tokens dropped, not renormalized.
         interpolation: ``"nearest"`` (every pixel gets its patch's score exactly) or
             ``"bilinear"``/``"bicubic"`` (smooth map, ``align_corners=False``).
 
@@ -80,9 +80,6 @@ class _PixelInputsMixin:
 
     def check_inputs(self, inputs: Any) -> torch.Tensor:
         return check_pixel_values(inputs)
-
-    def attention_mask(self, inputs, additional_forward_args):
-        return None  # every patch is real
 
     def scores_to_inputs(self, scores: torch.Tensor, inputs: torch.Tensor, *,
                          return_patch_grid: bool = False, **options) -> torch.Tensor:
@@ -157,7 +154,7 @@ class TimmVisionAdapter(_PixelInputsMixin, AttentionAdapter):
         return output if isinstance(output, torch.Tensor) and output.ndim == 4 else None
 
     @contextlib.contextmanager
-    def prepared(self):
+    def prepared(self, session):
         blocks = self._attention_blocks()
         saved = [block.fused_attn for block in blocks]
         try:

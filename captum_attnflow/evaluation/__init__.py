@@ -23,6 +23,7 @@ Example:
 
 from captum_attnflow.evaluation.embeddings import GRADIENT_REDUCERS, EmbeddingAttribution, InputGradients
 from captum_attnflow.evaluation.harness import METRICS, TARGET_CLASSES, AttributionEvaluator, evaluate_attributions
+from captum_attnflow.evaluation.llm import LLM_METRICS, LLMAttributionEvaluator, LLMEvaluationResult
 from captum_attnflow.evaluation.metrics import (
     AOPC_BINS,
     RANK_METHODS,
@@ -64,6 +65,9 @@ __all__ = [
     "EmbeddingAttribution",
     "EvaluationResult",
     "InputGradients",
+    "LLM_METRICS",
+    "LLMAttributionEvaluator",
+    "LLMEvaluationResult",
     "OutputPositionsRelevance",
     "aopc_scores",
     "blank_out_attribution",

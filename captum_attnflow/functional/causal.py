@@ -1,4 +1,4 @@
-"""Receptive-field normalisation for causal (decoder) attention.
+"""Receptive-field normalization for causal (decoder) attention.
 
 Abnar & Zuidema (2020, Sec. 6) leave causal models as future work: under a causal mask,
 input ``j`` can only be read by positions ``i ≥ j``, so early tokens are reachable along
@@ -9,7 +9,7 @@ position it can see (``A[i, k] = 1/|{k' ≤ i real}|``), with the same residual 
 padding mask, explained position and layer. That baseline is ``j``'s receptive-field
 mass (the weighted count of paths from the explained token down to ``j``); dividing by it
 removes the positional advantage, so uniform causal attention gives flat scores. Each
-row is then rescaled to keep its original sum (1 for rollout and normalised flow).
+row is then rescaled to keep its original sum (1 for rollout and normalized flow).
 Positions the explained token cannot see (baseline 0) get 0.
 """
 

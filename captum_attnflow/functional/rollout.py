@@ -1,16 +1,30 @@
 """Attention rollout (Abnar & Zuidema, 2020, Sec. 3, Eq. 1)."""
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
 from captum_attnflow._validation import check_causal_transitions, check_flag
 from captum_attnflow.functional.causal import normalize_by_receptive_field, receptive_field_transitions
-from captum_attnflow.functional.fusion import transition_matrices
+from captum_attnflow.functional.fusion import checked_attentions, fused_transitions
+from captum_attnflow.functional.positions import (
+    ExplainedPositions,
+    TokenIndex,
+    assemble,
+    explained_layers,
+    explained_positions,
+    real_tokens,
+)
 
 
 def rollout_from_transitions(transitions: torch.Tensor) -> torch.Tensor:
-    """Chain ``(L, B, S, S)`` matrices ``Â_l`` into ``R_1 = Â_1``, ``R_l = Â_l · R_{l−1}``."""
+    """Chain ``(L, B, S, S)`` matrices ``Â_l`` into ``R_1 = Â_1``, ``R_l = Â_l · R_{l−1}``.
+
+    Example:
+        >>> transitions = torch.eye(3).repeat(2, 1, 1, 1)       # two identity layers
+        >>> torch.equal(rollout_from_transitions(transitions), transitions)
+        True
+    """
     rollout_matrices = torch.empty_like(transitions)
     running = transitions[0]
     rollout_matrices[0] = running
@@ -20,44 +34,88 @@ def rollout_from_transitions(transitions: torch.Tensor) -> torch.Tensor:
     return rollout_matrices
 
 
-def rollout_rows(transitions: torch.Tensor, row_weights: torch.Tensor, layers) -> torch.Tensor:
-    """Weighted rows of the rollout matrices without forming them: ``(len(layers), B, S)``.
+def rollout_rows(transitions: torch.Tensor, row_weights: torch.Tensor, layers: List[int]) -> torch.Tensor:
+    """Rows ``row_weights · R_l`` for each ``l`` in ``layers``: ``(len(layers), B, [P,] S)``.
 
-    ``row_weights`` ``(B, S)`` says which rows to combine (a one-hot row for one token, uniform
-    weights over real tokens for their mean). Since ``v · R_l = v · Â_l · … · Â_1`` is linear
-    in ``v``, the chain is evaluated right to left as vector–matrix products: ``O(l·S²)`` per
-    layer instead of the ``O(l·S³)`` of the full matrices.
+    ``row_weights`` is ``(B, S)`` or ``(B, P, S)``: one-hot rows pick rows of the rollout
+    matrix, averaged one-hots their mean. ``v · R_l = v · Â_l · … · Â_1`` is linear in ``v``, so few rows are
+    chained right to left as vector–matrix products (``O(l·P·S²)``); when that is not cheaper
+    than forming the matrices (``O(l·S³)``), the matrices are formed once and the rows read off.
     """
+    if row_weights.ndim == 2:
+        return rollout_rows(transitions, row_weights[:, None], layers)[:, :, 0]
     weights = row_weights.to(transitions.dtype)
+    num_rows, seq_len = weights.shape[1], weights.shape[2]
+    chained_cost = sum(layer + 1 for layer in layers) * num_rows
+    if chained_cost >= (max(layers) + 1) * seq_len:
+        rollout_matrices = rollout_from_transitions(transitions[: max(layers) + 1])
+        return torch.stack([torch.matmul(weights, rollout_matrices[layer]) for layer in layers])
     rows = []
     for layer in layers:
         running = weights
         for step in range(layer, -1, -1):
-            running = torch.bmm(running[:, None, :], transitions[step])[:, 0]
+            running = torch.matmul(running, transitions[step])
         rows.append(running)
     return torch.stack(rows)
 
 
-def attention_rollout(attentions, *, head_fusion: str = "mean", residual_weight: float = 0.5,
-                      discard_ratio: float = 0.0,
+def _one_hot_rows(explained: ExplainedPositions, seq_len: int, dtype, device) -> torch.Tensor:
+    rows = torch.nn.functional.one_hot(explained.index, seq_len).to(dtype=dtype, device=device)
+    return rows * explained.used.to(device)[..., None]
+
+
+def rollout_attribution(transitions: torch.Tensor, explained: ExplainedPositions, layers: List[int], *,
+                        causal_baseline: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Rollout rows of the explained positions, assembled: ``(len(layers), B, ...)``.
+
+    ``transitions`` are the checked ``(L, B, S, S)`` matrices ``Â_l``; ``causal_baseline`` the
+    uninformative causal model's matrices when each row is divided by its receptive field.
+    """
+    seq_len = transitions.shape[-1]
+    one_hot = _one_hot_rows(explained, seq_len, transitions.dtype, transitions.device)
+    if explained.layout == "mean" and causal_baseline is None:
+        # The mean of rows is the row of the mean weights: one chain instead of one per token.
+        counts = explained.used.sum(dim=1).to(transitions.device, transitions.dtype)
+        return rollout_rows(transitions, one_hot.sum(dim=1, keepdim=True) / counts[:, None, None], layers)[:, :, 0]
+    rows = rollout_rows(transitions, one_hot, layers)
+    if causal_baseline is not None:
+        rows = normalize_by_receptive_field(rows, rollout_rows(causal_baseline, one_hot, layers))
+    return assemble(rows, explained)
+
+
+def attention_rollout(attentions, *, token_index: TokenIndex = "all", layer: Optional[int] = None,
+                      return_all_layers: Optional[bool] = None, head_fusion: str = "mean",
+                      residual_weight: float = 0.5, discard_ratio: float = 0.0,
                       attention_mask: Optional[torch.Tensor] = None,
                       causal_normalization: bool = False) -> torch.Tensor:
-    """Rollout matrix after every layer, shape ``(L, B, S, S)``.
+    """Attention rollout of the explained positions; by default every rollout matrix ``(L, B, S, S)``.
 
     Row ``i`` of ``result[l, b]`` says how token ``i`` after layer ``l + 1`` draws on the
-    input tokens; every row sums to 1.
+    input tokens; every row of a real token sums to 1 and rows of padding are 0.
 
     Args:
         attentions: L tensors ``(B, H, S, S)`` (Hugging Face ``outputs.attentions``) or one
-            ``(L, B, H, S, S)`` tensor.
+            ``(L, B, H, S, S)`` tensor of post-softmax weights.
+        token_index: the explained positions, as in :mod:`captum_attnflow.functional.positions`
+            (default ``"all"``: whole matrices).
+        layer: explain the output of this layer (Python-list index over the L layers). Default:
+            every layer when ``token_index="all"`` (the rollout matrices), else the last one.
+        return_all_layers: return a leading axis over every layer; default True exactly when
+            ``layer`` is None and ``token_index="all"``. Cannot be combined with ``layer``.
         head_fusion: ``"mean"`` | ``"max"`` | ``"min"`` over heads.
-        residual_weight: ``w`` in ``Â = w·I + (1−w)·A`` (rows renormalised); paper: 0.5.
+        residual_weight: ``w`` in ``Â = w·I + (1−w)·A`` (rows renormalized); paper: 0.5.
         discard_ratio: fraction of the smallest fused weights per row zeroed first.
-        attention_mask: optional ``(B, S)`` 0/1 padding mask; see
+        attention_mask: optional ``(B, S)`` padding mask (1/True = real token; additive masks
+            with 0 and large negative values are read as such); see
             :func:`~captum_attnflow.functional.transition_matrices`.
-        causal_normalization: for causal (decoder) attention, divide every entry by the
-            rollout of uniform causal attention (the receptive-field mass) and rescale rows
-            to sum to 1; see :mod:`captum_attnflow.functional.causal`.
+        causal_normalization: for causal (decoder) attention, divide every row by the rollout of
+            uniform causal attention (the receptive-field mass) and rescale it to sum to 1; see
+            :mod:`captum_attnflow.functional.causal`.
+
+    Returns:
+        ``(L, B, S, S)`` by default; in general ``[L,] B`` followed by ``S`` (one position,
+        ``"mean"``, ``"last"``), ``P, S`` (a ``(B, P)`` tensor) or ``S, S`` (``"all"``), in the
+        attentions' dtype.
 
     Example:
         >>> import torch
@@ -65,17 +123,24 @@ def attention_rollout(attentions, *, head_fusion: str = "mean", residual_weight:
         >>> attentions = [torch.softmax(torch.randn(1, 2, 5, 5), -1) for _ in range(3)]
         >>> attention_rollout(attentions).shape
         torch.Size([3, 1, 5, 5])
+        >>> attention_rollout(attentions, token_index=0).shape          # [CLS] after the last layer
+        torch.Size([1, 5])
     """
     check_flag("causal_normalization", causal_normalization)
-    transitions = transition_matrices(attentions, head_fusion=head_fusion,
-                                      residual_weight=residual_weight,
-                                      discard_ratio=discard_ratio, attention_mask=attention_mask)
-    rollout = rollout_from_transitions(transitions)
-    if not causal_normalization:
-        return rollout
-    check_causal_transitions(transitions)
+    if return_all_layers is None:
+        return_all_layers = layer is None and isinstance(token_index, str) and token_index == "all"
+    stacked, head_fusion, valid = checked_attentions(attentions, head_fusion, attention_mask)
+    transitions = fused_transitions(stacked, head_fusion, residual_weight=residual_weight,
+                                    discard_ratio=discard_ratio, valid=valid)
     num_layers, batch_size, seq_len, _ = transitions.shape
-    baseline = rollout_from_transitions(receptive_field_transitions(
-        num_layers, batch_size, seq_len, residual_weight=residual_weight, attention_mask=attention_mask,
-        dtype=transitions.dtype, device=transitions.device))
-    return normalize_by_receptive_field(rollout, baseline)
+    layers = explained_layers(layer, return_all_layers, num_layers)
+    valid = real_tokens(valid, batch_size, seq_len)
+    explained = explained_positions(token_index, valid)
+    baseline = None
+    if causal_normalization:
+        check_causal_transitions(transitions[: max(layers) + 1])
+        baseline = receptive_field_transitions(num_layers, batch_size, seq_len, residual_weight=residual_weight,
+                                               dtype=transitions.dtype, device=transitions.device,
+                                               attention_mask=valid)
+    scores = rollout_attribution(transitions, explained, layers, causal_baseline=baseline)
+    return (scores if return_all_layers else scores[0]).to(stacked.dtype)

@@ -59,12 +59,11 @@ def attention_matrices(model: SvaTransformer, input_ids: torch.Tensor, mask: tor
                 "rollout": attention_rollout(attentions, attention_mask=mask)}
     timings["attention"] += time.perf_counter() - tick
     tick = time.perf_counter()
-    every_row = list(range(input_ids.shape[1]))
+    # token_index="all": every output row of every layer in one call (rows of padding are 0);
     # allow_large: the batch size bounds each call; every example is wanted.
-    matrices["flow"] = torch.stack([
-        attention_flow(attentions, output_positions=every_row, layer=layer, attention_mask=mask,
-                       backend=flow_backend, allow_large=True)
-        for layer in range(len(attentions))])
+    matrices["flow"] = attention_flow(attentions, token_index="all", return_all_layers=True,
+                                      attention_mask=mask, backend=flow_backend, allow_large=True,
+                                      show_progress=False)
     timings["flow"] += time.perf_counter() - tick
     return matrices
 

@@ -1,0 +1,133 @@
+"""The package's layout keeps its promises: no import cycles, pure math imports no model
+code, model plumbing does no graph math, and each module imports alone.
+
+The import graph is read from the source (every ``import`` statement, inside functions too),
+so a cycle hidden behind a lazy import is found as well.
+"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "captum_attnflow"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imported_modules(path: Path) -> set:
+    """Package modules imported anywhere in ``path`` (``from pkg import submodule`` -> the submodule)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                found.add(submodule if submodule in MODULES else node.module)
+    return {name for name in found if name in MODULES}
+
+
+GRAPH = {name: imported_modules(path) - {name} for name, path in MODULES.items()}
+
+
+def cycles(graph: dict) -> list:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, components = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return components
+
+
+def is_package_init_edge(source: str, target: str) -> bool:
+    """A package's ``__init__`` importing its own submodules is how packages work, not a cycle."""
+    return target.startswith(source + ".")
+
+
+def test_the_import_graph_has_no_cycles():
+    graph = {name: {t for t in targets if not is_package_init_edge(name, t)} for name, targets in GRAPH.items()}
+    assert cycles(graph) == []
+
+
+def test_cycle_detection_finds_a_planted_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
+
+
+def reachable(start: str) -> set:
+    seen, pending = set(), [start]
+    while pending:
+        for target in GRAPH[pending.pop()]:
+            if target not in seen:
+                seen.add(target)
+                pending.append(target)
+    return seen
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m.startswith("captum_attnflow.functional")])
+def test_pure_math_imports_no_model_code(module):
+    path = MODULES[module]
+    text = path.read_text(encoding="utf-8")
+    assert "import transformers" not in text and "from transformers" not in text
+    forbidden = {"captum_attnflow.capture", "captum_attnflow.attr", "captum_attnflow.evaluation"}
+    assert not {m for m in reachable(module) if any(m.startswith(f) for f in forbidden)}
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m.startswith(("captum_attnflow.capture",
+                                                                        "captum_attnflow.attr"))])
+def test_model_plumbing_does_no_graph_math(module):
+    assert "captum_attnflow.functional._maxflow" not in GRAPH[module]
+    if module.startswith("captum_attnflow.capture"):
+        graph_math = {"captum_attnflow.functional.flow", "captum_attnflow.functional.rollout",
+                      "captum_attnflow.functional._maxflow"}
+        assert not graph_math & GRAPH[module]
+
+
+def test_every_module_imports_alone_in_a_fresh_interpreter():
+    # One interpreter per module would cost a torch import each; instead every module is imported
+    # first in its own fresh sys.modules state within one subprocess.
+    script = (
+        "import importlib, sys\n"
+        "names = sys.argv[1:]\n"
+        "base = set(sys.modules)\n"
+        "import torch, numpy\n"
+        "keep = set(sys.modules)\n"
+        "for name in names:\n"
+        "    for loaded in [m for m in sys.modules if m.startswith('captum_attnflow')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    importlib.import_module(name)\n"
+    )
+    modules = [m for m in MODULES if not m.endswith("__main__")]
+    result = subprocess.run([sys.executable, "-c", script, *modules], capture_output=True, text=True,
+                            cwd=PACKAGE.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
