@@ -129,6 +129,18 @@ def test_bootstrap_over_examples_matches_the_normal_approximation():
     assert (high - low) / 2 == pytest.approx(half_width, rel=0.1)
 
 
+def test_bootstrap_interval_contains_the_mean_and_shrinks_with_more_examples():
+    rng = np.random.default_rng(3)
+    widths = []
+    for n_examples in (50, 800):  # 16 times the examples: about a quarter of the width
+        table = rng.normal(0.4, 0.3, (3, n_examples))
+        mean, low, high = bootstrap_mean_ci(table, n_resamples=2000)
+        assert mean == pytest.approx(table.mean())
+        assert low < mean < high
+        widths.append(high - low)
+    assert widths[1] == pytest.approx(widths[0] / 4, rel=0.35)
+
+
 def test_bootstrap_leaves_nan_out_or_counts_it_as_zero():
     table = np.array([[0.5, np.nan, 0.5, 0.5]])
     assert bootstrap_mean_ci(table)[0] == pytest.approx(0.5)

@@ -26,8 +26,8 @@ from captum_attnflow.experiments.sva.evaluate import BatchCorrelator, BatchScore
 from captum_attnflow.experiments.sva.model import SvaConfig, SvaTransformer
 from captum_attnflow.experiments.sva.protocol import AUTHORS_LOG, FACTORS, METHODS, PAPER, PROTOCOLS, configurations
 from captum_attnflow.experiments.sva.report import RESULT_COLUMNS
-from captum_attnflow.experiments.sva.runs import RunData
-from captum_attnflow.experiments.sva.tables import Selection, cell_table
+from captum_attnflow.experiments.sva.runs import RunData, load_run, save_run
+from captum_attnflow.experiments.sva.tables import Selection, cell_table, finding_rows, lookup, result_rows
 from captum_attnflow.experiments.sva.train import TrainSettings, stratified_subset
 
 
@@ -130,6 +130,29 @@ def test_padding_does_not_change_real_tokens(tiny_model):
         assert torch.all(with_pad[..., 5:] == 0)
 
 
+def test_flow_matrices_are_the_flow_of_every_real_row_after_every_layer(tiny_model):
+    from captum_attnflow.experiments.sva.evaluate import attention_matrices
+    from captum_attnflow.functional import attention_flow, attention_rollout
+
+    ids = torch.randint(3, 20, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, 4:] = 0  # the second example is padded
+    timings = {"attention": 0.0, "flow": 0.0}
+    matrices = attention_matrices(tiny_model, ids, mask, "networkx", timings)
+    _, attentions = tiny_model(ids, attention_mask=mask, output_attentions=True)
+    assert matrices["flow"].shape == matrices["rollout"].shape == (3, 2, 6, 6)
+    for example, length in ((0, 6), (1, 4)):
+        single = [layer[example:example + 1, :, :length, :length] for layer in attentions]
+        for layer in range(3):
+            for row in range(length):
+                expected = attention_flow(single, token_index=row, layer=layer, backend="networkx")[0]
+                assert torch.allclose(matrices["flow"][layer, example, row, :length], expected, atol=1e-5)
+        assert torch.allclose(matrices["rollout"][:, example, :length, :length],
+                              attention_rollout(single)[:, 0], atol=1e-5)
+    assert torch.all(matrices["flow"][:, 1, 4:] == 0)  # rows of padding
+    assert timings["flow"] > 0
+
+
 def test_embeddings_are_token_plus_position(tiny_model):
     ids = torch.randint(3, 20, (2, 6))
     expected = tiny_model.get_input_embeddings()(ids) + tiny_model.embeddings.position.weight[:6][None]
@@ -155,6 +178,7 @@ def test_quick_settings_are_small():
     assert quick.end_token and quick.attention_dropout == 0.6  # the protocol's model choices stay
 
 
+@pytest.mark.slow  # end to end: trains and evaluates tiny models (about 15 s)
 def test_quick_pipeline_end_to_end(tmp_path):
     out = tmp_path / "runs"
     argv = ["all", "--quick", "--seeds", "0", "1", "--out", str(out), "--no-progress", "--threads", "1",
@@ -198,6 +222,7 @@ def test_quick_pipeline_end_to_end(tmp_path):
     assert "## The two protocols, factor by factor" in markdown and "attention_flow.ipynb@d28ddd5" in markdown
 
 
+@pytest.mark.slow  # end to end: trains and evaluates one tiny model
 def test_report_rebuilds_from_stored_runs_without_training(tmp_path, monkeypatch):
     out = tmp_path / "runs"
     assert main(["all", "--quick", "--protocol", "library", "--seeds", "3", "--out", str(out), "--no-progress",
@@ -318,6 +343,53 @@ def test_cell_tables_select_examples_and_count_undefined():
                        equal_nan=True)
     assert np.allclose(cell_table([run], Selection("base", "natural", "zero"), cell), [[0.5, np.nan, 0.0]],
                        equal_nan=True)
+
+
+# Synthetic per-layer levels of each method (2 layers): raw falls, rollout rises, flow sits below rollout.
+LEVELS = {"raw": (0.6, 0.1), "rollout": (0.3, 0.5), "flow": (0.3, 0.4)}
+
+
+def _synthetic_run(seed, groups, rng):
+    correlations = {"base": {}}
+    for variant in ("with_cls", "without_cls"):
+        for reference in ("blank_out", "input_gradients"):
+            for method, levels in LEVELS.items():
+                for layer, level in enumerate(levels, start=1):
+                    values = level + 0.05 * rng.standard_normal(groups.size)
+                    values[seed::7] = np.nan  # undefined correlations, different ones per seed
+                    correlations["base"][(variant, reference, method, layer)] = values
+    return RunData(protocol="authors", seed=seed, settings=TrainSettings(protocol="authors", seed=seed),
+                   train_log={"epochs": []}, accuracy={}, timings={}, eval_time_s=1.0, groups=groups,
+                   correlations=correlations)
+
+
+def test_tables_from_a_small_synthetic_correlations_file(tmp_path):
+    rng = np.random.default_rng(0)
+    groups = np.array(["random", "1", "random", "2", "random", "random"] * 10)
+    for seed in (0, 1):
+        (tmp_path / f"seed{seed}").mkdir()
+        save_run(_synthetic_run(seed, groups, rng), tmp_path / f"seed{seed}")
+    runs = [load_run(tmp_path / f"seed{seed}") for seed in (0, 1)]
+    rows = result_rows({"authors": runs}, n_resamples=300)
+    pooled, seed1 = lookup(rows, seed="all"), lookup(rows, seed=1)
+    assert len(pooled) == len(seed1) == 2 * 2 * 3 * 2
+    natural = groups == "random"
+    for key, row in pooled.items():
+        cell = key[1:]
+        # The authors' protocol: natural examples only, undefined correlations counted as 0.
+        stored = [np.nan_to_num(run.correlations["base"][(*cell[:3], cell[3])][natural]) for run in runs]
+        assert row["mean"] == pytest.approx(np.mean(stored))
+        assert row["ci_low"] <= row["mean"] <= row["ci_high"]
+        assert row["n_examples"] == natural.sum()
+        assert seed1[key]["mean"] == pytest.approx(np.mean(stored[1]))
+        assert row["paper"] == PAPER[cell[1]][cell[2]][cell[3] - 1]
+    findings = {(r["cls_variant"], r["reference"], r["finding"]): r["holds"] for r in finding_rows({"authors": runs})}
+    # Levels differ by >= 0.1 against noise of 0.05 / sqrt(36): every sign is certain. With two
+    # layers, "rise" (layer 6 vs 1) has no comparison and no row.
+    assert ("with_cls", "blank_out", "rise") not in findings
+    assert findings[("with_cls", "blank_out", "raw_layer1")]
+    assert findings[("without_cls", "input_gradients", "beat_raw")]
+    assert not findings[("with_cls", "blank_out", "flow_faster")]
 
 
 def test_experiment_modules_import_without_cycles():
