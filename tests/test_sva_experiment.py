@@ -392,6 +392,32 @@ def test_tables_from_a_small_synthetic_correlations_file(tmp_path):
     assert not findings[("with_cls", "blank_out", "flow_faster")]
 
 
+def test_reduced_scale_is_stated_and_the_command_reproduces_it():
+    from dataclasses import replace
+
+    from captum_attnflow.experiments.sva.report import _scale_section, reproduce_command
+
+    groups = np.array(["random", "1"] * 20)
+    runs = []
+    for seed in (0, 1, 2):
+        run = _synthetic_run(seed, groups, np.random.default_rng(seed))
+        run.settings = replace(run.settings, epochs=2, threads=1)
+        run.train_log = {"epochs": [{}, {}]}
+        run.accuracy = {"all": {"accuracy": 0.9, "n": 100}}
+        runs.append(run)
+    command = reproduce_command({"authors": runs})
+    assert "--epochs 2" in command and "--n-eval 40" in command and "--protocol authors" in command
+    args = build_parser().parse_args(command.split()[3:])  # after "python -m <module>"
+    assert (args.epochs, args.n_eval, args.seeds, args.protocol) == (2, 40, [0, 1, 2], "authors")
+    section = _scale_section({"authors": runs})
+    assert "2 epochs" in section and "first 40 of the 100" in section
+    for run in runs:  # full scale: nothing to state, nothing to add to the command
+        run.settings = replace(run.settings, epochs=TrainSettings().epochs)
+        run.accuracy = {"all": {"accuracy": 0.9, "n": 40}}
+    assert _scale_section({"authors": runs}) == ""
+    assert "--epochs" not in reproduce_command({"authors": runs}) and "--n-eval" not in reproduce_command({"authors": runs})
+
+
 def test_experiment_modules_import_without_cycles():
     import ast
     from pathlib import Path

@@ -26,6 +26,7 @@ from captum_attnflow.experiments.sva.protocol import (
     REFERENCES,
 )
 from captum_attnflow.experiments.sva.runs import RunData
+from captum_attnflow.experiments.sva.train import TrainSettings
 
 RESULT_COLUMNS = ("protocol", "cls_variant", "reference", "method", "layer", "seed", "mean", "ci_low", "ci_high",
                   "n_examples", "paper")
@@ -73,35 +74,41 @@ def _csv_value(value):
 
 
 def plot_correlations(rows: Sequence[dict], protocols: Sequence[str], path: Path) -> None:
-    """One panel per (protocol, paper reference): ours with 95 % CI bands, the paper dashed."""
+    """One panel per (protocol, paper reference, ``[CLS]`` variant): ours with 95 % CI bands, the paper dashed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 3.6 * len(protocols)))
+    panels = [(reference, variant) for reference in PAPER for variant in CLS_VARIANTS]
+    figure = Figure(figsize=(4 * len(panels), 3.8 * len(protocols) + 0.6))
     FigureCanvasAgg(figure)
-    axes = figure.subplots(len(protocols), len(PAPER), squeeze=False, sharey=True)
+    axes = figure.subplots(len(protocols), len(panels), squeeze=False, sharey=True)
     for i, protocol in enumerate(protocols):
-        table = tables.lookup(rows, protocol=protocol, cls_variant="with_cls", seed="all")
-        for j, reference in enumerate(PAPER):
-            _plot_panel(axes[i][j], table, protocol, reference)
+        for j, (reference, variant) in enumerate(panels):
+            table = tables.lookup(rows, protocol=protocol, cls_variant=variant, seed="all")
+            _plot_panel(axes[i][j], table, protocol, reference, variant)
+            if j:
+                axes[i][j].set_ylabel("")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.05 / len(protocols), 1, 1))  # room for the legend below the panels
-    figure.savefig(path, dpi=110)
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=10, frameon=False)
+    figure.tight_layout(rect=(0, 0.6 / (3.8 * len(protocols) + 0.6), 1, 1))  # room for the legend below
+    figure.savefig(path, dpi=100)
 
 
-def _plot_panel(axis, table: Mapping[tuple, dict], protocol: str, reference: str) -> None:
+def _plot_panel(axis, table: Mapping[tuple, dict], protocol: str, reference: str, variant: str) -> None:
     for method in METHODS:
         layers = sorted(layer for (_, _, ref, meth, layer) in table if (ref, meth) == (reference, method))
-        cells = [table[(protocol, "with_cls", reference, method, layer)] for layer in layers]
+        cells = [table[(protocol, variant, reference, method, layer)] for layer in layers]
         color = METHOD_COLORS[method]
-        axis.plot(layers, [c["mean"] for c in cells], "-o", color=color, markersize=3, label=f"{method} (ours)")
+        axis.plot(layers, [c["mean"] for c in cells], "-o", color=color, markersize=4, label=f"{method} (ours)")
         axis.fill_between(layers, [c["ci_low"] for c in cells], [c["ci_high"] for c in cells], color=color,
                           alpha=0.2, linewidth=0)
         axis.plot(range(1, 7), PAPER[reference][method], "--", color=color, alpha=0.8, label=f"{method} (paper)")
     axis.axhline(0, color="black", linewidth=0.5)
     axis.set_ylim(-0.45, 1.0)
-    axis.set_title(f"{protocol} protocol: {REFERENCE_TITLES[reference]}", fontsize=9)
+    axis.set_xticks(range(1, 7))
+    axis.grid(alpha=0.3)
+    axis.set_title(f"{protocol} protocol, {REFERENCE_TITLES[reference]}\n{VARIANT_TITLES[variant].replace('`', '')}",
+                   fontsize=10)
     axis.set_xlabel("layer")
     axis.set_ylabel("mean Spearman (band: 95 % CI)")
 
@@ -114,6 +121,7 @@ def render_markdown(numbers: Mapping[str, List[dict]], runs_by_protocol: Mapping
     protocols = list(runs_by_protocol)
     sections = [
         _header(command, runs_by_protocol),
+        _scale_section(runs_by_protocol),
         _summary(numbers, protocols),
         _findings_section(numbers["findings"], protocols),
         _protocols_section(),
@@ -306,15 +314,16 @@ def _ablation_section(ablation: Sequence[dict], protocol: str) -> str:
 
 
 def _models_section(runs_by_protocol) -> str:
-    lines = ["## The trained models", "", "| protocol | seed | epochs | train min | validation acc. | test acc. "
-             "| test acc. per group (random, 1, 2, 3, 4, 5 attractors) |", "|---|---|---|---|---|---|---|"]
+    lines = ["## The trained models", "", "| protocol | seed | epochs | train min | evaluation min | validation acc. "
+             "| test acc. | test acc. per group (random, 1, 2, 3, 4, 5 attractors) |", "|---|---|---|---|---|---|---|---|"]
     for protocol, runs in runs_by_protocol.items():
         for run in runs:
             epochs = run.train_log["epochs"]
             groups = ", ".join(f"{run.accuracy[g]['accuracy']:.3f}" for g in ("random", "1", "2", "3", "4", "5")
                                if g in run.accuracy)
             lines.append(f"| {protocol} | {run.seed} | {len(epochs)} | {run.train_log['train_time_s'] / 60:.1f} | "
-                         f"{epochs[-1]['validation_accuracy']:.3f} | {run.accuracy['all']['accuracy']:.3f} | {groups} |")
+                         f"{run.eval_time_s / 60:.1f} | {epochs[-1]['validation_accuracy']:.3f} | "
+                         f"{run.accuracy['all']['accuracy']:.3f} | {groups} |")
     settings = next(iter(runs_by_protocol.values()))[0].settings
     lines += ["", f"Data: Linzen et al. (2016) number-prediction prefixes in `data/linzen_sva/` (`numpred.val` = "
               "group *random*, the natural distribution; `numpred.test.k` = exactly *k* attractors), split once "
@@ -327,21 +336,69 @@ def _models_section(runs_by_protocol) -> str:
     return "\n".join(lines)
 
 
+def scale_of(runs_by_protocol) -> Dict[str, int]:
+    """Epochs trained, evaluated examples and held-out test size of the runs (each must agree)."""
+    all_runs = [run for runs in runs_by_protocol.values() for run in runs]
+    values = {"epochs": {run.settings.epochs for run in all_runs},
+              "trained_epochs": {len(run.train_log["epochs"]) for run in all_runs},
+              "n_eval": {len(run.groups) for run in all_runs},
+              "n_test": {run.accuracy["all"]["n"] for run in all_runs},
+              "threads": {run.settings.threads for run in all_runs}}
+    return {key: max(found) for key, found in values.items()}
+
+
+def reproduce_command(runs_by_protocol) -> str:
+    """The from-scratch command that trains and evaluates at the scale of these runs."""
+    scale = scale_of(runs_by_protocol)
+    seeds = sorted({run.seed for runs in runs_by_protocol.values() for run in runs})
+    parts = ["python -m captum_attnflow.experiments.sva all"]
+    if len(runs_by_protocol) == 1:
+        parts.append(f"--protocol {next(iter(runs_by_protocol))}")
+    if seeds != [0, 1, 2]:
+        parts.append("--seeds " + " ".join(map(str, seeds)))
+    if scale["epochs"] != TrainSettings().epochs:
+        parts.append(f"--epochs {scale['epochs']}")
+    if scale["n_eval"] < scale["n_test"]:
+        parts.append(f"--n-eval {scale['n_eval']}")
+    parts.append(f"--threads {scale['threads']} --results-dir docs/results")
+    return " ".join(parts)
+
+
+def _scale_section(runs_by_protocol) -> str:
+    scale = scale_of(runs_by_protocol)
+    default_epochs = TrainSettings().epochs
+    notes = []
+    if scale["epochs"] < default_epochs:
+        notes.append(f"models are trained for **{scale['epochs']} epochs**, not the experiment's default "
+                     f"{default_epochs}")
+    if scale["n_eval"] < scale["n_test"]:
+        notes.append(f"correlations are computed on the **first {scale['n_eval']} of the {scale['n_test']} "
+                     "held-out examples** (accuracy uses all of them)")
+    if not notes:
+        return ""
+    return "\n".join(["## Deviation: reduced scale", "",
+                      "To fit 2 protocols × the training seeds into the CPU time available, " + "; ".join(notes)
+                      + ". The authors' own logged run used 100 validation examples (see below); the "
+                      "confidence intervals include this sampling error, but not the effect of longer training."])
+
+
 def _runtime_section(runs_by_protocol, command: str) -> str:
     all_runs = [run for runs in runs_by_protocol.values() for run in runs]
     train_min = sum(run.train_log["train_time_s"] for run in all_runs) / 60
     eval_min = sum(run.eval_time_s for run in all_runs) / 60
+    per_model = [(run.train_log["train_time_s"] + run.eval_time_s) / 60 for run in all_runs]
     flow_s = sum(run.timings["flow"] for run in all_runs)
     settings = all_runs[0].settings
     lines = ["## Run time and versions", "",
-             f"- {len(all_runs)} runs: training {train_min:.0f} min in total, evaluation {eval_min:.0f} min "
-             f"(of which attention flow for every output position {flow_s:.0f} s), on "
-             f"{platform.machine()} with {settings.threads} torch threads, CPU only, on a machine shared with "
-             "other work (times vary with its load).",
+             f"- {len(all_runs)} run{'s' if len(all_runs) > 1 else ''}: training {train_min:.0f} min in total, evaluation {eval_min:.0f} min "
+             f"(of which attention flow for every output position {flow_s:.0f} s); per model (training + "
+             f"evaluation) {min(per_model):.0f}–{max(per_model):.0f} min, {train_min + eval_min:.0f} min one after "
+             f"the other; on {platform.machine()} with {settings.threads} torch thread{'s' if settings.threads > 1 else ''} per run, CPU only, on a "
+             "machine shared with other work (wall times vary with its load).",
              f"- Python {sys.version.split()[0]}; " + ", ".join(f"{name} {_version(name)}" for name in PACKAGES) + ".",
-             f"- Generated by `{command}` from stored runs; from scratch: `make reproduce` (= `python -m "
-             "captum_attnflow.experiments.sva all --results-dir docs/results`; checkpoints and per-example "
-             "correlations go to `runs/sva/`)."]
+             f"- Generated by `{command}` from stored runs. From scratch at this scale: "
+             f"`{reproduce_command(runs_by_protocol)}` (checkpoints and per-example correlations go to `runs/sva/`; "
+             "`make reproduce` runs the configuration of the committed results)."]
     return "\n".join(lines)
 
 
