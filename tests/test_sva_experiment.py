@@ -415,7 +415,8 @@ def test_reduced_scale_is_stated_and_the_command_reproduces_it():
         run.settings = replace(run.settings, epochs=TrainSettings().epochs)
         run.accuracy = {"all": {"accuracy": 0.9, "n": 40}}
     assert _scale_section({"authors": runs}) == ""
-    assert "--epochs" not in reproduce_command({"authors": runs}) and "--n-eval" not in reproduce_command({"authors": runs})
+    full = reproduce_command({"authors": runs})
+    assert "--epochs" not in full and "--n-eval" not in full
 
 
 def test_experiment_modules_import_without_cycles():
