@@ -141,6 +141,22 @@ def test_bootstrap_interval_contains_the_mean_and_shrinks_with_more_examples():
     assert widths[1] == pytest.approx(widths[0] / 4, rel=0.35)
 
 
+def test_bootstrap_draws_are_cached_without_changing_any_result():
+    from captum_attnflow.evaluation import metrics
+
+    table = np.random.default_rng(4).normal(size=(2, 3, 25))
+    metrics._cached_bootstrap_weights.cache_clear()
+    first = bootstrap_mean_cis(table, n_resamples=300, seed=5)
+    again = bootstrap_mean_cis(table, n_resamples=300, seed=5)  # drawn from the cache
+    assert metrics._cached_bootstrap_weights.cache_info().hits >= 1
+    fresh = metrics._draw_bootstrap_weights(3, 25, 300, 5)
+    cached = metrics._bootstrap_weights(3, 25, 300, 5)
+    assert all(np.array_equal(a, b) for a, b in zip(fresh, cached))
+    assert not cached[1].flags.writeable  # shared draws cannot be changed by a caller
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, bootstrap_mean_cis(table, n_resamples=300, seed=6))
+
+
 def test_bootstrap_leaves_nan_out_or_counts_it_as_zero():
     table = np.array([[0.5, np.nan, 0.5, 0.5]])
     assert bootstrap_mean_ci(table)[0] == pytest.approx(0.5)

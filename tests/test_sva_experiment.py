@@ -442,3 +442,21 @@ def test_experiment_modules_import_without_cycles():
 
     assert {"runs", "report"} <= graph["cli"] and "tables" in graph["report"]  # the graph was read
     assert not [module for module in graph if reaches(module, module)]
+
+
+def test_make_reproduce_runs_the_configuration_of_the_committed_results():
+    import re
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    report = (root / "docs" / "results" / "sva.md").read_text()
+    committed = re.search(r"From scratch at this scale: `([^`]+)`", report)
+    assert committed, "docs/results/sva.md does not state its from-scratch command"
+    makefile = (root / "Makefile").read_text()
+    sva_args = re.search(r"^SVA_ARGS \?= (.*)$", makefile, re.M).group(1)
+    recipe = re.search(r"^reproduce:.*\n\t(.*)$", makefile, re.M).group(1).replace("$(SVA_ARGS)", sva_args)
+    parser = build_parser()
+    made = parser.parse_args(shlex.split(recipe.split("captum_attnflow.experiments.sva", 1)[1]))
+    stated = parser.parse_args(shlex.split(committed.group(1).split("captum_attnflow.experiments.sva", 1)[1]))
+    assert vars(made) == vars(stated)

@@ -12,6 +12,7 @@ real tokens (``attention_mask == 1``), minus ``exclude_positions`` (e.g. ``(0,)`
 ``return_special_tokens_mask=True``, which also catches ``[SEP]`` at varying positions).
 """
 
+import functools
 from numbers import Integral
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -336,11 +337,25 @@ def _percentile_interval(resampled: np.ndarray, level: float) -> Tuple[np.ndarra
 def _bootstrap_weights(n_seeds: int, n_examples: int, n_resamples: int, seed: int):
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, Integral) or n_resamples < 1:
         raise InvalidParameterError(f"n_resamples must be a positive int, got {n_resamples!r}.")
+    if isinstance(seed, Integral) and not isinstance(seed, bool):
+        return _cached_bootstrap_weights(int(n_seeds), int(n_examples), int(n_resamples), int(seed))
+    return _draw_bootstrap_weights(n_seeds, n_examples, n_resamples, seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_bootstrap_weights(n_seeds: int, n_examples: int, n_resamples: int, seed: int):
+    """The draws depend only on the sizes and an int seed: a report with thousands of cells draws them once."""
+    return _draw_bootstrap_weights(n_seeds, n_examples, n_resamples, seed)
+
+
+def _draw_bootstrap_weights(n_seeds: int, n_examples: int, n_resamples: int, seed):
     rng = np.random.default_rng(seed)
     # Multinomial counts = how often each seed / example is drawn in a resample.
     seed_weights = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=n_resamples).astype(np.float64)
     example_weights = rng.multinomial(n_examples, np.full(n_examples, 1.0 / n_examples),
                                       size=n_resamples).astype(np.float64)
+    seed_weights.flags.writeable = False  # shared between calls
+    example_weights.flags.writeable = False
     return seed_weights, example_weights
 
 
