@@ -377,10 +377,14 @@ def _scale_section(runs_by_protocol) -> str:
                      "held-out examples** (accuracy uses all of them)")
     if not notes:
         return ""
+    caveats = ["The confidence intervals cover the sampling of examples and training seeds"]
+    if scale["n_eval"] < scale["n_test"]:
+        caveats.append("the authors' own logged run used 100 validation examples (see below)")
+    if scale["epochs"] < default_epochs:
+        caveats.append("they do not cover the effect of training longer")
     return "\n".join(["## Deviation: reduced scale", "",
                       "To fit 2 protocols × the training seeds into the CPU time available, " + "; ".join(notes)
-                      + ". The authors' own logged run used 100 validation examples (see below); the "
-                      "confidence intervals include this sampling error, but not the effect of longer training."])
+                      + ". " + "; ".join(caveats) + "."])
 
 
 def _runtime_section(runs_by_protocol, command: str) -> str:
