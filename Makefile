@@ -30,7 +30,7 @@ bench: install
 	$(PY) benchmarks/bench.py
 
 # Both protocols x 3 training seeds at the scale of the committed docs/results (2 epochs instead
-# of 8; see docs/results/sva.md). Full scale: SVA_ARGS="--threads 2".
+# of 8; see docs/results/sva.md). Full scale (8 epochs): SVA_ARGS="--threads 1".
 SVA_ARGS ?= --epochs 2 --threads 1
 reproduce: install
 	$(PY) -m captum_attnflow.experiments.sva all $(SVA_ARGS) --results-dir docs/results
