@@ -60,8 +60,8 @@ def _show_image(ax: Axes, image_hwc: np.ndarray) -> None:
 
 def image_overlay(attribution, image, *, sign: str = "positive", method: str = "blended_heat_map",
                   show_original: bool = True, alpha_overlay: float = 0.7, cmap: Optional[str] = "inferno",
-                  outlier_perc: float = 1, title: Optional[str] = None, ax: Optional[Axes] = None,
-                  path: Optional[PathLike] = None) -> Figure:
+                  outlier_perc: float = 1, title: Optional[str] = None, colorbar: bool = True,
+                  ax: Optional[Axes] = None, path: Optional[PathLike] = None) -> Figure:
     """Blend an attribution heat map over its image with Captum's ``visualize_image_attr``.
 
     Args:
@@ -79,6 +79,9 @@ def image_overlay(attribution, image, *, sign: str = "positive", method: str = "
             ``"inferno"`` keeps low scores dark, so bright image regions are not mistaken for
             high scores (``None``: Captum's default for ``sign``).
         title: title of the overlay panel.
+        colorbar: add a colour bar to the overlay. Captum divides the scores by their
+            ``(100 - outlier_perc)``-th percentile and clips, so the bar runs over that scaled
+            score (0 to 1 for ``sign="positive"``), as labelled.
         ax: draw only the overlay into this axes.
         path: also save the figure there (PNG from the suffix).
 
@@ -88,8 +91,8 @@ def image_overlay(attribution, image, *, sign: str = "positive", method: str = "
     Example:
         >>> import torch
         >>> figure = image_overlay(torch.rand(4, 4), torch.rand(1, 16, 16))
-        >>> len(figure.axes)
-        2
+        >>> len(figure.axes)  # the image, the overlay and its colour bar
+        3
     """
     image_hwc = _image_hwc(image)
     attribution_hw = _attribution_hw(attribution, image_hwc.shape[:2])
@@ -105,5 +108,16 @@ def image_overlay(attribution, image, *, sign: str = "positive", method: str = "
         attribution_hw[:, :, None], image_hwc, method=method, sign=sign, plt_fig_axis=(figure, axes[-1]),
         use_pyplot=False, alpha_overlay=alpha_overlay, cmap=cmap, outlier_perc=outlier_perc,
         title=title, show_colorbar=False)
+    if colorbar:
+        _add_colorbar(axes[-1], outlier_perc)
     save_figure(figure, path)
     return figure
+
+
+def _add_colorbar(ax: Axes, outlier_perc: float) -> None:
+    # The heat map is the last image Captum drew on the axes (the first is the photo).
+    heat_map = ax.get_images()[-1]
+    label = f"score / its {100 - outlier_perc:g}th percentile"
+    bar = ax.figure.colorbar(heat_map, ax=ax, shrink=0.8, pad=0.02, fraction=0.05)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=7)

@@ -55,7 +55,7 @@ def layer_attribution_maps(attentions, *, output_token: int = 0, example: int = 
     if "flow" in methods:
         num_layers = transition_matrices(stacked, **options).shape[0]
         maps["flow"] = np.stack([
-            to_numpy(attention_flow(stacked, output_positions=output_token, layer=layer, **options)[0], "flow")
+            to_numpy(attention_flow(stacked, token_index=output_token, layer=layer, **options)[0], "flow")
             for layer in range(num_layers)])
     return maps
 

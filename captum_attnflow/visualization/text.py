@@ -100,8 +100,8 @@ def scaled_row(row: np.ndarray, ranked: np.ndarray, scale: str = "max") -> np.nd
     """One row's colour intensities in ``[-1, 1]``; positions not ``ranked`` get 0.
 
     Example:
-        >>> scaled_row(np.array([9.0, -2.0, 1.0, 0.0]), np.array([False, True, True, True]), "rank")
-        array([ 0. , -1. ,  0.5,  0. ])
+        >>> scaled_row(np.array([9.0, -2.0, 1.0, 0.0]), np.array([False, True, True, True]), "rank").round(2)
+        array([ 0.  , -1.  ,  0.67,  0.  ])
     """
     intensity = np.zeros_like(row, dtype=np.float64)
     values = row[ranked]
@@ -185,7 +185,7 @@ def comparison_html(tokens_list: Sequence[Sequence[str]], attributions: Mapping[
     methods_per_example = len(attributions)
     for index, record in enumerate(records):
         example, position = divmod(index, methods_per_example)
-        cells = [str(example) if position == 0 else "", html.escape(str(record.attr_class))]
+        cells = [str(example) if position == 0 else "", f"<b>{html.escape(str(record.attr_class))}</b>"]
         if true_labels is not None:
             cells.append(html.escape(str(record.true_class)))
         if pred_labels is not None:  # once per example: every method explains the same output
