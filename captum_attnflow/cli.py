@@ -488,12 +488,21 @@ def _layer_label(layer: int) -> str:
 # ---------------------------------------------------------------------------- entry point
 
 
+def _check_layer_option(layer: int, model) -> None:
+    """``--layer`` against the model's depth, reported in the option's own 1-based numbering."""
+    count = getattr(model.config, "num_hidden_layers", None)
+    if count is not None and not -count <= layer < count:
+        raise CommandLineError(f"--layer {_layer_label(layer)}: the model has {count} layers; "
+                               f"pass 1 to {count}, or -1 to -{count} counting from the last")
+
+
 def run(args: argparse.Namespace, *, table: bool = True) -> int:
     """Explain ``args.texts`` as the parsed options say; print, write and return the exit status."""
     from captum_attnflow.exceptions import AttnFlowError
 
     try:
         model, tokenizer = load_model(args.model)
+        _check_layer_option(args.layer, model)
         explanation = explain(args.texts, model, tokenizer, methods=args.methods, query=args.query,
                               pooling=args.pooling, layer=args.layer, head_fusion=args.head_fusion,
                               residual_weight=args.residual_weight, ig_steps=args.ig_steps,
