@@ -214,7 +214,8 @@ class AttributionEvaluator:
                 raise InvalidInputError(
                     f"method {name!r} was asked for return_all_layers=True and must return (L, B, S) "
                     f"= (L, {input_ids.shape[0]}, {input_ids.shape[1]}), got {tuple(output.shape)}.")
-            return list(range(output.shape[0])), output.detach().float()
+            # Layers are numbered from 1 (after the first layer), as in the paper and every figure.
+            return list(range(1, output.shape[0] + 1)), output.detach().float()
         return [None], _reduce_to_tokens(output, input_ids, name).unsqueeze(0)
 
     def _run_method(self, name: str, input_ids, target, args, kwargs):
