@@ -20,6 +20,7 @@ def messages_of(stderr: str) -> list:
     return [line for line in stderr.replace("\r", "\n").splitlines() if line.startswith("captum-attnflow:")]
 
 
+@pytest.mark.slow
 def test_help_runs_as_a_program():
     result = subprocess.run([sys.executable, "-m", "captum_attnflow.cli", "explain", "--help"],
                             capture_output=True, text=True, timeout=600)  # a hang guard, not a budget

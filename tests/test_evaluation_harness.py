@@ -110,6 +110,7 @@ def bert_methods(model):
 # --------------------------------------------------------------------------- tiny BERT
 
 
+@pytest.mark.slow
 def test_smoke_tiny_bert_with_captum_and_attention_methods(tiny_bert, bert_data):
     ids, mask, targets = bert_data
     methods, kwargs = bert_methods(tiny_bert)

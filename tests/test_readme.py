@@ -61,7 +61,7 @@ def session(tmp_path_factory):
     folder = tmp_path_factory.mktemp("readme")
     previous = os.getcwd()
     os.chdir(folder)
-    yield {"__name__": "readme"}, folder
+    yield {"__name__": "readme", "__ran__": set()}, folder
     os.chdir(previous)
 
 
@@ -69,15 +69,31 @@ def test_the_readme_has_its_examples():
     assert len(PYTHON_BLOCKS) >= 4 and all(any(marker in code for code in PYTHON_BLOCKS) for marker in STAND_INS)
 
 
-@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)), ids=lambda i: block_id(PYTHON_BLOCKS[i]))
+def slow_if_heavy(index: int):
+    """Blocks that run IG or the evaluation harness take tens of seconds: they belong to the slow group."""
+    heavy = any(marker in PYTHON_BLOCKS[index] for marker in ("LayerIntegratedGradients(", "AttributionEvaluator("))
+    return pytest.param(index, marks=pytest.mark.slow, id=block_id(PYTHON_BLOCKS[index])) if heavy else pytest.param(
+        index, id=block_id(PYTHON_BLOCKS[index]))
+
+
+@pytest.mark.parametrize("index", [slow_if_heavy(index) for index in range(len(PYTHON_BLOCKS))])
 def test_python_block_runs_as_written(session, index, capsys):
     namespace, _ = session
+    for earlier in range(index):  # blocks build on the ones above (when run alone, e.g. `-m slow`)
+        if earlier not in namespace["__ran__"]:
+            run_block(namespace, earlier)
+    capsys.readouterr()
+    run_block(namespace, index)
+    check_block_results(PYTHON_BLOCKS[index], namespace, capsys.readouterr().out)
+
+
+def run_block(namespace: dict, index: int) -> None:
     code = PYTHON_BLOCKS[index]
     for marker, make in STAND_INS.items():
         if marker in code:
             namespace.update(make())
+    namespace["__ran__"].add(index)
     exec(compile(code, f"README.md python block {index + 1}", "exec"), namespace)
-    check_block_results(code, namespace, capsys.readouterr().out)
 
 
 def check_block_results(code: str, namespace: dict, printed: str) -> None:

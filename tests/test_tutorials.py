@@ -35,7 +35,8 @@ def test_notebook_executes(path, tmp_path, minilm_path):
     import matplotlib.image as mpimg
 
     notebook = nbformat.read(path, as_version=4)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    # Tutorials that train shrink their training in quick mode: bounded by work, not seconds.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", CAPTUM_ATTNFLOW_TUTORIAL_QUICK="1")
     env.pop("MPLBACKEND", None)  # let the kernel use its inline backend, as in Jupyter
     client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
