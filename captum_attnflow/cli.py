@@ -449,7 +449,7 @@ def _write_graph(explanation: Explanation, index: int, model, path: str, *, laye
 
 
 def write_page(explanation: Explanation, path: str) -> str:
-    """The HTML comparison page: the explained output, a row per method, colours by rank."""
+    """The HTML comparison page: the explained output, a row per method, colors by rank."""
     from captum_attnflow import visualization as viz
 
     correlations = [rank_correlations(explanation, index) for index in range(len(explanation.tokens))]

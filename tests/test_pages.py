@@ -3,7 +3,7 @@
 The comparison page is the one HTML page the package writes (``captum-attnflow explain``,
 ``make demo`` and the quickstart notebook all call :func:`comparison_html`). Chromium loads
 it from disk, must report no console errors, and its DOM and screenshot must show every
-row and coloured words. CI installs Chromium (``.ci/run``); elsewhere the test is skipped
+row and colored words. CI installs Chromium (``.ci/run``); elsewhere the test is skipped
 with the reason when no Chromium is installed.
 """
 
@@ -62,5 +62,5 @@ def test_the_comparison_page_renders_without_errors(tmp_path, scale):
     assert shot.returncode == 0 and not console_errors(shot.stderr), shot.stderr
     pixels = mpimg.imread(str(screenshot))[..., :3]
     green = (pixels[..., 1] > pixels[..., 0] + 0.1) & (pixels[..., 1] > pixels[..., 2] + 0.1)
-    assert green.mean() > 0.002, "no coloured words on the rendered page"
+    assert green.mean() > 0.002, "no colored words on the rendered page"
     assert np.mean(pixels < 0.3) > 0.002, "no text on the rendered page"

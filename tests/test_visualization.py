@@ -58,7 +58,7 @@ def test_rollout_edges_deliver_the_rollout_row(attentions, output_token):
     np.testing.assert_allclose(mass.sum(axis=(1, 2)), np.ones(len(attentions)), atol=1e-6)
 
 
-def test_flow_edges_deliver_the_normalised_attention_flow(attentions):
+def test_flow_edges_deliver_the_normalized_attention_flow(attentions):
     transitions = as_transitions(attentions, example=0)
     mass = edge_contributions(transitions, 2, method="flow")
     expected = attention_flow(attentions, token_index=2)[0].double().numpy()
@@ -122,7 +122,7 @@ def test_attention_graph_png(attentions, tmp_path, highlight):
     ax = figure.axes[0]
     assert [label.get_text() for label in ax.get_xticklabels()] == TOKENS
     assert len(ax.get_yticklabels()) == len(attentions) + 1
-    assert len(figure.axes) == (1 if highlight is None else 2)  # colour bar with a highlight
+    assert len(figure.axes) == (1 if highlight is None else 2)  # color bar with a highlight
 
 
 def test_attention_graph_highlight_changes_the_picture(attentions, tmp_path):
@@ -210,7 +210,7 @@ def test_image_overlay_png_and_upsampling(tmp_path):
     path = tmp_path / "overlay.png"
     figure = image_overlay(attribution, image[None], path=path, title="flow")
     read_png(path)
-    assert len(figure.axes) == 3  # image, overlay, colour bar
+    assert len(figure.axes) == 3  # image, overlay, color bar
     assert figure.axes[2].get_ylabel() == "score / its 99th percentile"
     overlay = figure.axes[1].images[-1].get_array()
     assert overlay.shape[:2] == (16, 16)
@@ -222,7 +222,7 @@ def test_image_overlay_rgb_channels_first_into_axes(tmp_path):
     figure = Figure()
     ax = figure.subplots()
     returned = image_overlay(torch.rand(3, 8, 8), torch.rand(3, 8, 8), ax=ax, path=tmp_path / "rgb.png")
-    assert returned is figure and len(figure.axes) == 2  # the overlay and its colour bar
+    assert returned is figure and len(figure.axes) == 2  # the overlay and its color bar
     read_png(tmp_path / "rgb.png")
     bare = Figure()
     image_overlay(torch.rand(3, 8, 8), torch.rand(3, 8, 8), ax=bare.subplots(), colorbar=False)
@@ -261,17 +261,17 @@ def test_comparison_records_scale_rows_and_ignore_padding():
         comparison_records([["a", "b", "c", "d"]], {"m": torch.rand(1, 3)})
 
 
-def test_rank_scale_colours_each_row_by_its_ordering():
+def test_rank_scale_colors_each_row_by_its_ordering():
     scores = np.array([[0.30, 0.02, 0.26, 0.25, 0.0, 0.17]])  # a nearly flat row with a zero
     unranked = [[True, False, False, False, False, False]]  # e.g. [CLS], left out of the ranking
     record = comparison_records([TOKENS], {"flow": scores}, scale="rank", unranked=unranked)[0]
     words = np.asarray(record.word_attributions)
-    assert words[0] == 0.0 and words[4] == 0.0  # unranked and zero scores stay uncoloured
-    # Independent reference: the order of |score| over the ranked tokens, highest = full colour.
+    assert words[0] == 0.0 and words[4] == 0.0  # unranked and zero scores stay uncolored
+    # Independent reference: the order of |score| over the ranked tokens, highest = full color.
     ranked = scores[0, 1:]
     order = np.argsort(np.argsort(np.abs(ranked))) + 1
     np.testing.assert_allclose(words[1:], np.where(ranked == 0, 0, order / ranked.size))
-    assert np.argmax(words) == 2  # the largest ranked score gets the strongest colour
+    assert np.argmax(words) == 2  # the largest ranked score gets the strongest color
     signed = comparison_records([["a", "b", "c"]], {"ig": [[-3.0, 1.0, 2.0]]}, scale="rank")[0]
     np.testing.assert_allclose(signed.word_attributions, [-1.0, 1 / 3, 2 / 3])  # sign kept, rank of |score|
     with pytest.raises(InvalidParameterError, match="scale"):
@@ -317,7 +317,7 @@ def test_long_texts_wrap_within_the_width_cap(tmp_path, seq_len):
         assert titles[:3] == ["raw (tokens 1-34 of 100)", "raw (tokens 35-68 of 100)", "raw (tokens 69-100 of 100)"]
         raw_lines = [ax for ax in figure.axes if ax.get_title().startswith("raw")]
         assert [label.get_text() for ax in raw_lines for label in ax.get_xticklabels()] == tokens
-        # One colour scale per method across its lines, so the lines compare.
+        # One color scale per method across its lines, so the lines compare.
         assert len({ax.images[0].get_clim() for ax in raw_lines}) == 1
         bar_ticks = [label.get_text() for ax in bars.axes for label in ax.get_xticklabels()]
         assert bar_ticks == tokens and len(bars.axes) > 1

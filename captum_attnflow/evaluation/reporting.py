@@ -87,7 +87,7 @@ class EvaluationResult:
         """Save per-layer Spearman curves to an image file, one panel per reference.
 
         Methods that returned every layer are drawn as curves of the mean over layers 1 to L,
-        with a shaded band of ± one standard deviation over examples (labelled in the legend);
+        with a shaded band of ± one standard deviation over examples (labeled in the legend);
         single-output methods as horizontal dashed lines. Each panel with its legend, which sits
         to the right of the data, is 7 × 3.5 inches (``700 × 350`` pixels at the default ``dpi=100``). Uses Matplotlib's Agg canvas
         directly, so no display and no global ``pyplot`` state are touched.
@@ -145,7 +145,7 @@ def _plot_reference(axes, rows: List[Dict[str, Any]], reference: str) -> None:
         axes.fill_between(layers, means - stds, means + stds, color=color, alpha=0.2, linewidth=0)
         banded = True
     if banded:  # one legend entry says what every band is
-        axes.fill_between([], [], [], color="grey", alpha=0.3, linewidth=0, label="shaded: ± 1 std over examples")
+        axes.fill_between([], [], [], color="gray", alpha=0.3, linewidth=0, label="shaded: ± 1 std over examples")
     axes.set_xlabel("layer (1 = after the first)")
     axes.set_ylabel(f"Spearman vs {reference}")
     axes.set_ylim(-1.05, 1.05)

@@ -25,7 +25,7 @@ def _image_hwc(image) -> np.ndarray:
     if array.shape[0] in (1, 3, 4) and array.shape[2] not in (1, 3, 4):
         array = array.transpose(1, 2, 0)  # channels first, as torch keeps images
     low, high = array.min(), array.max()
-    # Normalised model inputs (mean/std) are not displayable as they are; stretch to [0, 1].
+    # Normalized model inputs (mean/std) are not displayable as they are; stretch to [0, 1].
     return (array - low) / (high - low) if high > low else np.zeros_like(array)
 
 
@@ -48,7 +48,7 @@ def _attribution_hw(attribution, size: Tuple[int, int]) -> np.ndarray:
 
 
 def _show_image(ax: Axes, image_hwc: np.ndarray) -> None:
-    # Drawn directly: Captum's "original_image" shows one-channel images in false colour.
+    # Drawn directly: Captum's "original_image" shows one-channel images in false color.
     if image_hwc.shape[2] == 1:
         ax.imshow(image_hwc[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0)
     else:
@@ -72,16 +72,16 @@ def image_overlay(attribution, image, *, sign: str = "positive", method: str = "
             (it is rescaled to [0, 1] for display).
         sign: which scores to show, as in Captum: ``"positive"`` (attention rollout and flow
             are never negative), ``"absolute_value"``, ``"negative"`` or ``"all"``.
-        method: Captum's visualisation method (``"blended_heat_map"``, ``"heat_map"``,
+        method: Captum's visualization method (``"blended_heat_map"``, ``"heat_map"``,
             ``"masked_image"``, ``"alpha_scaling"``).
         show_original: add a panel with the plain image on the left (ignored with ``ax``).
         alpha_overlay, cmap, outlier_perc: passed to ``visualize_image_attr``; the default
             ``"inferno"`` keeps low scores dark, so bright image regions are not mistaken for
             high scores (``None``: Captum's default for ``sign``).
         title: title of the overlay panel.
-        colorbar: add a colour bar to the overlay. Captum divides the scores by their
+        colorbar: add a color bar to the overlay. Captum divides the scores by their
             ``(100 - outlier_perc)``-th percentile and clips, so the bar runs over that scaled
-            score (0 to 1 for ``sign="positive"``), as labelled.
+            score (0 to 1 for ``sign="positive"``), as labeled.
         ax: draw only the overlay into this axes.
         path: also save the figure there (PNG from the suffix).
 
@@ -91,7 +91,7 @@ def image_overlay(attribution, image, *, sign: str = "positive", method: str = "
     Example:
         >>> import torch
         >>> figure = image_overlay(torch.rand(4, 4), torch.rand(1, 16, 16))
-        >>> len(figure.axes)  # the image, the overlay and its colour bar
+        >>> len(figure.axes)  # the image, the overlay and its color bar
         3
     """
     image_hwc = _image_hwc(image)

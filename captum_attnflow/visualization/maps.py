@@ -32,7 +32,7 @@ def layer_attribution_maps(attentions, *, output_token: int = 0, example: int = 
 
     Row ``l`` of each map explains ``output_token`` after layer ``l + 1``: ``"raw"`` is the
     head-fused attention row (no residual), ``"rollout"`` the rollout row and ``"flow"`` the
-    normalised attention flow, all computed with :mod:`captum_attnflow.functional`.
+    normalized attention flow, all computed with :mod:`captum_attnflow.functional`.
 
     Example:
         >>> import torch
@@ -75,7 +75,7 @@ def plot_layer_maps(maps, tokens: Sequence[str], *, example: int = 0, output_tok
     """One heat map per method: layers bottom-to-top (numbered from 1, as in the paper), tokens left-to-right.
 
     Short inputs get the methods side by side; long ones a row per method, wrapped into
-    lines of at most :data:`MAX_TOKENS_PER_LINE` tokens (one colour scale per method), so
+    lines of at most :data:`MAX_TOKENS_PER_LINE` tokens (one color scale per method), so
     the figure stays within :data:`MAX_FIGURE_WIDTH` inches.
 
     Args:
@@ -88,7 +88,7 @@ def plot_layer_maps(maps, tokens: Sequence[str], *, example: int = 0, output_tok
         hide_positions: positions left out of the picture (scores unchanged), e.g. ``(0,)``
             when ``[CLS]``'s share of its own explanation drowns out every word.
         axes: one axes per method to draw into (no wrapping); by default a new figure.
-        cmap: colormap; every method has its own colour scale (methods differ in range).
+        cmap: colormap; every method has its own color scale (methods differ in range).
         title: figure title.
         path: also save the figure there.
         **map_options: ``head_fusion``, ``residual_weight``, ``methods`` for
@@ -245,10 +245,10 @@ def plot_method_comparison(attributions: Mapping[str, object], tokens: Sequence[
 def _draw_bars(ax: Axes, rows: Dict[str, np.ndarray], tokens: Sequence[str], width_tokens: int,
                legend: bool) -> None:
     width = 0.8 / len(rows)
-    colours = colormaps["tab10"]
+    colors = colormaps["tab10"]
     for index, (name, row) in enumerate(rows.items()):
         offsets = np.arange(len(tokens)) - 0.4 + width * (index + 0.5)
-        ax.bar(offsets, row, width=width, label=name, color=colours(index % 10))
+        ax.bar(offsets, row, width=width, label=name, color=colors(index % 10))
     ax.axhline(0.0, color="black", linewidth=0.6)
     ax.set_xticks(range(len(tokens)), tokens, rotation=45, ha="right")
     ax.set_ylabel("score / max |score|")

@@ -1,14 +1,14 @@
 """One HTML page comparing several attribution methods on the same texts.
 
-The rows follow Captum's text visualisation (``VisualizationDataRecord``, a highlighted
+The rows follow Captum's text visualization (``VisualizationDataRecord``, a highlighted
 word per token, green for positive and red for negative scores), but the page is built as a
-string: no IPython needed, and it can be written to a standalone file. Two colour scales:
+string: no IPython needed, and it can be written to a standalone file. Two color scales:
 
-* ``scale="max"``: each row divided by its largest |score| (Captum's convention): colours
+* ``scale="max"``: each row divided by its largest |score| (Captum's convention): colors
   show magnitudes, but a row whose scores are all alike (attention flow often is) looks
   uniform, and a row with one dominant token (``[CLS]`` in rollout) looks blank.
-* ``scale="rank"``: each token coloured by the rank of its |score| within its row (the
-  largest gets full colour, the smallest the palest), so every row shows its *ordering*,
+* ``scale="rank"``: each token colored by the rank of its |score| within its row (the
+  largest gets full color, the smallest the palest), so every row shows its *ordering*,
   the thing rank correlations compare. The hover text of every word gives its score.
 """
 
@@ -58,7 +58,7 @@ def comparison_records(tokens_list: Sequence[Sequence[str]], attributions: Mappi
         scale: ``"max"`` (each row divided by its largest |score|) or ``"rank"`` (each token's
             rank by |score| within its row, over ``n`` ranked tokens: ``rank / n``, sign kept;
             zero scores stay 0), see the module docstring.
-        unranked: per example, True for tokens left out of the scaling (shown uncoloured),
+        unranked: per example, True for tokens left out of the scaling (shown uncolored),
             e.g. special tokens that some methods never score.
 
     Example:
@@ -97,7 +97,7 @@ def comparison_records(tokens_list: Sequence[Sequence[str]], attributions: Mappi
 
 
 def scaled_row(row: np.ndarray, ranked: np.ndarray, scale: str = "max") -> np.ndarray:
-    """One row's colour intensities in ``[-1, 1]``; positions not ``ranked`` get 0.
+    """One row's color intensities in ``[-1, 1]``; positions not ``ranked`` get 0.
 
     Example:
         >>> scaled_row(np.array([9.0, -2.0, 1.0, 0.0]), np.array([False, True, True, True]), "rank").round(2)
@@ -149,7 +149,7 @@ def comparison_html(tokens_list: Sequence[Sequence[str]], attributions: Mapping[
                     description: Optional[str] = None, path: Optional[PathLike] = None) -> str:
     """A standalone HTML page with a row per method per example, methods side by side.
 
-    Colours follow Captum's ``visualize_text`` (green positive, red negative), scaled per
+    Colors follow Captum's ``visualize_text`` (green positive, red negative), scaled per
     row as ``scale`` says (see :func:`comparison_records`); the legend under the title
     states which. Hovering a word shows its score. The "sum" column is the unscaled total.
 
@@ -159,7 +159,7 @@ def comparison_html(tokens_list: Sequence[Sequence[str]], attributions: Mapping[
         true_labels, pred_labels, pred_probs: optional per-example columns; ``pred_probs``
             is shown in brackets after the predicted label.
         pred_header: heading of the ``pred_labels`` column (e.g. the name of the explained output).
-        scale, unranked: colour scale per row and tokens left uncoloured (:func:`comparison_records`).
+        scale, unranked: color scale per row and tokens left uncolored (:func:`comparison_records`).
         correlations: optional ``{method name: per-example values}`` shown in a column headed
             ``correlation_header`` (e.g. each method's Spearman correlation with a reference);
             a string value is shown as it is (e.g. ``"reference"``), NaN as "n/a".
@@ -219,7 +219,7 @@ def _format_correlation(value) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:+.2f}"
 
 
-def _colour(intensity: float) -> str:
+def _color(intensity: float) -> str:
     """Captum's convention: green for positive, red for negative, paler towards 0."""
     hue = 120 if intensity >= 0 else 0
     lightness = 100 - int(50 * min(1.0, abs(intensity)))
@@ -231,19 +231,19 @@ def _word_html(word: str, intensity: float, score: float, ranked: bool) -> str:
     text = html.escape(word, quote=False)
     if not ranked:
         return f'<mark class="unranked" title="score {score:.4g} (not ranked)">{text}</mark> '
-    return f'<mark style="background-color: {_colour(intensity)}" title="score {score:.4g}">{text}</mark> '
+    return f'<mark style="background-color: {_color(intensity)}" title="score {score:.4g}">{text}</mark> '
 
 
 def _legend(scale: str, has_unranked: bool) -> str:
     samples = "".join(_word_html(label, value, value, True)
                       for label, value in (("negative", -1.0), ("weak", 0.1), ("positive", 1.0)))
     if scale == "rank":
-        text = ("colour = rank of |score| within the row: the top token of each row has full colour, "
+        text = ("color = rank of |score| within the row: the top token of each row has full color, "
                 "the lowest the palest (ties share a rank; zero scores stay white). Hover a word for its score.")
     else:
-        text = "colour = score divided by the row's largest |score|. Hover a word for its score."
+        text = "color = score divided by the row's largest |score|. Hover a word for its score."
     if has_unranked:
-        text += " Grey dotted tokens are not ranked (special tokens)."
+        text += " Gray dotted tokens are not ranked (special tokens)."
     return f'<p class="legend"><b>Legend:</b> {samples} &mdash; {html.escape(text)}</p>'
 
 
