@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 
 
+@pytest.mark.slow
 def test_quick_benchmark_reports_every_target(tmp_path):
     output = tmp_path / "bench.md"
     completed = subprocess.run([sys.executable, str(BENCH), "--quick", "--output", str(output)],

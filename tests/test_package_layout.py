@@ -113,6 +113,7 @@ def test_model_plumbing_does_no_graph_math(module):
         assert not graph_math & GRAPH[module]
 
 
+@pytest.mark.slow
 def test_every_module_imports_alone_in_a_fresh_interpreter():
     # One interpreter per module would cost a torch import each; instead every module is imported
     # first in its own fresh sys.modules state within one subprocess.

@@ -138,6 +138,7 @@ def test_quick_settings_are_small():
     assert quick.subset is not None and quick.subset <= 1000 and quick.hidden_size < 128
 
 
+@pytest.mark.slow
 def test_quick_pipeline_end_to_end(tmp_path):
     assert main(["all", "--quick", "--out", str(tmp_path), "--no-progress", "--threads", "1"]) == 0
     for name in ("checkpoint.pt", "sva.md", "sva_correlations.png", "sva_correlations.csv"):

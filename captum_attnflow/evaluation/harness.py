@@ -214,7 +214,8 @@ class AttributionEvaluator:
                 raise InvalidInputError(
                     f"method {name!r} was asked for return_all_layers=True and must return (L, B, S) "
                     f"= (L, {input_ids.shape[0]}, {input_ids.shape[1]}), got {tuple(output.shape)}.")
-            return list(range(output.shape[0])), output.detach().float()
+            # Layers are numbered from 1 (after the first layer), as in the paper and every figure.
+            return list(range(1, output.shape[0] + 1)), output.detach().float()
         return [None], _reduce_to_tokens(output, input_ids, name).unsqueeze(0)
 
     def _run_method(self, name: str, input_ids, target, args, kwargs):
@@ -223,6 +224,10 @@ class AttributionEvaluator:
             return flow_map(method, input_ids, additional_forward_args=args or None, executor=self.executor,
                             **kwargs)
         attribute = method.attribute if isinstance(method, Attribution) else method
+        if kwargs.get("internal_batch_size") is not None:
+            # Captum needs at least one row per example (it warns and takes that anyway);
+            # sensitivity_max stacks its perturbed copies into one larger batch.
+            kwargs = dict(kwargs, internal_batch_size=max(kwargs["internal_batch_size"], len(input_ids)))
         output = attribute(input_ids, target=target, additional_forward_args=args or None, **kwargs)
         if isinstance(output, tuple):  # Captum returns a tuple when inputs were a tuple
             output = output[0]
