@@ -42,6 +42,7 @@ from captum_attnflow import AttentionFlow, AttentionRollout  # noqa: E402
 from captum_attnflow.capture import capture_attention  # noqa: E402
 from captum_attnflow.functional import _cost, _maxflow, attention_rollout, transition_matrices  # noqa: E402
 from captum_attnflow.functional.flow import flow_from_transitions  # noqa: E402
+from captum_attnflow.functional.graph import attention_graph  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("The keys to the old wooden cabinet in the narrow hallway, which my grandmother had painted a "
@@ -174,10 +175,10 @@ def networkx_solver(graph: np.ndarray, algorithm: str) -> Callable[[int], float]
     import networkx as nx
     from networkx.algorithms import flow
 
-    nx_graph = _maxflow._networkx_graph(graph)
-    source = graph.shape[0] * graph.shape[-1]
+    nx_graph = attention_graph(graph)
+    source = (graph.shape[0], 0)
     function = getattr(flow, algorithm)
-    return lambda sink: nx.maximum_flow_value(nx_graph, source, sink, flow_func=function)
+    return lambda sink: nx.maximum_flow_value(nx_graph, source, (0, sink), flow_func=function)
 
 
 # ---------------------------------------------------------------------------- measurements

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from captum_attnflow._validation import check_layer, check_position
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError, ProblemTooLargeError
 from captum_attnflow.functional.fusion import transition_matrices
+from captum_attnflow.functional.graph import attention_graph
 from captum_attnflow.visualization._common import (
     PathLike,
     check_tokens,
@@ -72,25 +73,6 @@ def _check_example(example: int, batch_size: int) -> int:
     if not -batch_size <= example < batch_size:
         raise InvalidParameterError(f"example={example} is out of range for a batch of {batch_size}.")
     return example % batch_size
-
-
-def attention_graph(transitions: np.ndarray) -> nx.DiGraph:
-    """Directed graph with an edge ``(l, i) -> (l-1, k)`` of ``capacity`` ``transitions[l-1, i, k]``.
-
-    Example:
-        >>> import numpy as np
-        >>> graph = attention_graph(np.full((2, 3, 3), 1 / 3))
-        >>> graph.number_of_nodes(), graph.number_of_edges()
-        (9, 18)
-    """
-    num_layers, seq_len, _ = transitions.shape
-    graph = nx.DiGraph()
-    graph.add_nodes_from((layer, position) for layer in range(num_layers + 1) for position in range(seq_len))
-    for layer in range(1, num_layers + 1):
-        rows, cols = np.nonzero(transitions[layer - 1] > 0)
-        graph.add_edges_from(((layer, i), (layer - 1, k), {"capacity": float(transitions[layer - 1, i, k])})
-                             for i, k in zip(rows, cols))
-    return graph
 
 
 def edge_contributions(transitions: np.ndarray, output_token: int, *, method: str = "flow",
