@@ -172,3 +172,16 @@ def test_flow_from_cls_saturates_as_the_readme_explains(minilm, minilm_tokenizer
     assert [float(value) for value in stated.groups()] == pytest.approx(levels[1:].tolist(), abs=0.006)
     ranks = raw[:, words].argsort(dim=1)
     assert torch.equal(ranks, ranks[:1].expand_as(ranks))  # the same ranking after every layer
+
+
+def test_the_flow_budget_paragraph_quotes_the_cost_model():
+    from captum_attnflow.functional import estimate_flow_cost
+
+    text = " ".join(README.split())
+    stated = re.search(r"one token of a 12-layer, 128-token input is estimated at ([\d.]+) s and every token "
+                       r"of a 12-layer, 512-token input at ([\d,]+) s", text)
+    assert stated, "the README no longer quotes the size-only estimates"
+    one_token = estimate_flow_cost(12, 128, 1, 1, residual_weight=0.5).seconds
+    every_token = estimate_flow_cost(12, 512, 1, 512, residual_weight=0.5).seconds
+    assert float(stated.group(1)) == pytest.approx(one_token, abs=0.05)
+    assert float(stated.group(2).replace(",", "")) == pytest.approx(every_token, rel=0.01)
