@@ -431,3 +431,34 @@ def test_sensitivity_keeps_a_small_internal_batch_size_valid(tiny_bert, bert_dat
         small = sensitivity(2)
     large = sensitivity(1000)
     assert small.rows[0]["mean"] == pytest.approx(large.rows[0]["mean"], rel=1e-5)
+
+
+def test_integrated_gradients_gets_the_harness_internal_batch_size(tiny_bert, bert_data):
+    """Captum's IG runs all steps of all examples at once by default; the harness batches them."""
+    ids, mask, targets = bert_data
+    seen = []
+
+    class RecordingIG(LayerIntegratedGradients):
+        def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, n_steps=50,
+                      method="gausslegendre", internal_batch_size=None, return_convergence_delta=False,
+                      attribute_to_layer_input=False, grad_kwargs=None):
+            seen.append(internal_batch_size)
+            return super().attribute(inputs, baselines, target, additional_forward_args, n_steps, method,
+                                     internal_batch_size, return_convergence_delta, attribute_to_layer_input)
+
+    ig = RecordingIG(tiny_bert, tiny_bert.bert.embeddings)
+
+    def evaluate(**settings):
+        seen.clear()
+        AttributionEvaluator(tiny_bert, {"ig": ig, "ablation": FeatureAblation(tiny_bert)}, metrics=("aopc",),
+                             batch_size=3, progress=False, **settings).evaluate(ids[:3], mask[:3], targets[:3])
+        return list(seen)
+
+    assert evaluate() == [64]
+    assert evaluate(internal_batch_size=None) == [None]
+    assert evaluate(internal_batch_size=8, method_kwargs={"ig": {"internal_batch_size": 5}}) == [5]
+    seen.clear()
+    with pytest.raises(InvalidParameterError, match="internal_batch_size"):  # checked before any work
+        AttributionEvaluator(tiny_bert, {"ig": ig}, metrics=("aopc",), internal_batch_size=0,
+                             progress=False).evaluate(ids[:3], mask[:3], targets[:3])
+    assert seen == []
