@@ -221,6 +221,10 @@ class LLMAttentionAttribution(Attribution):
             raise InvalidParameterError(
                 f"{unknown[0]} is not an option of {type(self.attr_method).__name__}.attribute; use one of "
                 f"{sorted(accepted - {'inputs'})}.")
+        # Values too, before anything is generated: a bad layer should not cost a generate() call.
+        options = dict(kwargs)
+        self._explainer._check_options(options.pop("layer", None), False, options.pop("head_fusion", "mean"),
+                                       False, options)
         return dict(kwargs)
 
     def _check_length(self, prompts: List[_Prompt], target_ids: List[torch.Tensor]) -> None:
