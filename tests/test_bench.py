@@ -4,9 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+sys.path.insert(0, str(BENCH.parent))
+from llm_bench import MODELS as LLM_MODELS  # noqa: E402
 
 
+@pytest.mark.slow
 def test_quick_benchmark_reports_every_target(tmp_path):
     output = tmp_path / "bench.md"
     completed = subprocess.run([sys.executable, str(BENCH), "--quick", "--output", str(output)],
@@ -20,7 +25,9 @@ def test_quick_benchmark_reports_every_target(tmp_path):
                 "`AttentionFlow.attribute` / plain forward", "`AttentionRollout.attribute` / plain SDPA forward",
                 "floor: eager / SDPA forward", "extra memory of capture", "cost estimate"):
         assert sum(row in line for line in targets) == 1, row
-    assert len(targets) == 7  # the two absolute one-position targets need the full sizes
+    llm_rows = [line for line in targets if "`LLMAttentionAttribution` `token_attr`" in line]
+    assert len(llm_rows) == len(LLM_MODELS) and all("rollout **" in line for line in llm_rows)
+    assert len(targets) == 7 + len(LLM_MODELS)  # the two absolute one-position targets need the full sizes
     assert "**Load:**" in report and "scipy " in report.split("**Machine:**")[1]  # versions and load
     for section in ("## Anchors: networkx and scipy", "## Scaling"):
         assert section in report

@@ -110,6 +110,7 @@ def bert_methods(model):
 # --------------------------------------------------------------------------- tiny BERT
 
 
+@pytest.mark.slow
 def test_smoke_tiny_bert_with_captum_and_attention_methods(tiny_bert, bert_data):
     ids, mask, targets = bert_data
     methods, kwargs = bert_methods(tiny_bert)
@@ -120,7 +121,7 @@ def test_smoke_tiny_bert_with_captum_and_attention_methods(tiny_bert, bert_data)
 
     spearman = result.select(metric="spearman")
     assert [(row["method"], row["layer"]) for row in spearman] == [
-        ("rollout", 0), ("rollout", 1), ("flow", 0), ("flow", 1), ("raw", None), ("ablation", None),
+        ("rollout", 1), ("rollout", 2), ("flow", 1), ("flow", 2), ("raw", None), ("ablation", None),
         ("lig", None), ("saliency", None), ("ixg", None)]
     assert all(row["reference"] == "blank_out" and row["n"] == 5 for row in spearman)
     assert all(-1.0 <= row["mean"] <= 1.0 and row["std"] >= 0 for row in spearman)
@@ -141,7 +142,7 @@ def test_tiny_bert_infidelity_and_sensitivity(tiny_bert, bert_data):
         metrics=("infidelity", "sensitivity"), special_token_ids=(CLS, SEP), baseline_token_id=UNK,
         n_perturb_samples=2, batch_size=5, progress=False).evaluate(ids[:3], mask[:3], targets[:3])
     keys = [(row["metric"], row["method"], row["layer"]) for row in result.rows]
-    assert keys == [("infidelity", "rollout", 0), ("infidelity", "rollout", 1), ("sensitivity", "rollout", 1),
+    assert keys == [("infidelity", "rollout", 1), ("infidelity", "rollout", 2), ("sensitivity", "rollout", 2),
                     ("infidelity", "ablation", None), ("sensitivity", "ablation", None),
                     ("infidelity", "ixg", None), ("sensitivity", "ixg", None)]
     assert all(row["n"] == 3 and row["mean"] >= 0 for row in result.rows)
@@ -278,7 +279,7 @@ def test_invalid_data_and_outputs_are_refused(toy_data):
 @pytest.fixture()
 def layered_result():
     values = {("spearman", "blank", "flow", layer): np.array([0.2 * layer, 0.2 * layer + 0.1, np.nan])
-              for layer in range(4)}
+              for layer in range(1, 5)}  # layers numbered from 1, as the harness numbers them
     values[("spearman", "blank", "ablation", None)] = np.array([0.5, 0.7])
     values[("comprehensiveness", None, "flow", 3)] = np.array([0.01, 0.03])
     return EvaluationResult.from_values(values)
@@ -310,7 +311,7 @@ def test_markdown_table(layered_result):
     lines = layered_result.to_markdown(digits=2).splitlines()
     assert lines[0] == "| metric | reference | method | layer | mean | std | n |"
     assert lines[1] == "|---|---|---|---|---|---|---|"
-    assert lines[2] == "| spearman | blank | flow | 0 | 0.05 | 0.07 | 2 |"
+    assert lines[2] == "| spearman | blank | flow | 1 | 0.25 | 0.07 | 2 |"  # mean and std of 0.2, 0.3
     assert lines[6] == "| spearman | blank | ablation | - | 0.60 | 0.14 | 2 |"
     assert len(lines) == 2 + 6
 
@@ -321,7 +322,7 @@ def test_plot_correlations_writes_a_real_png(layered_result, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 10_000
     image = matplotlib.image.imread(path)
-    assert image.shape[:2] == (350, 500)  # a 5 × 3.5 inch panel at 100 dpi
+    assert image.shape[:2] == (350, 700)  # a 7 × 3.5 inch panel with its legend at 100 dpi
     assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 20  # lines, text, band
 
 
@@ -333,10 +334,10 @@ def test_plot_needs_correlation_rows(tmp_path):
 
 def test_plot_has_one_panel_per_reference(tmp_path):
     values = {("spearman", reference, "flow", layer): np.array([0.1 * layer, 0.3])
-              for reference in ("blank", "gradients") for layer in range(3)}
+              for reference in ("blank", "gradients") for layer in (1, 2, 3)}
     path = tmp_path / "two.png"
     EvaluationResult.from_values(values).plot_correlations(path, dpi=50)
-    assert matplotlib.image.imread(path).shape[:2] == (175, 500)  # two 5 × 3.5 inch panels at 50 dpi
+    assert matplotlib.image.imread(path).shape[:2] == (175, 700)  # two 7 × 3.5 inch panels at 50 dpi
 
 
 def test_csv_of_a_real_run_has_the_columns_and_one_row_per_result(toy_data, tmp_path):
@@ -372,7 +373,8 @@ def test_harness_spearman_equals_scipy_on_eligible_tokens_of_tiny_bert(tiny_bert
     keep = (mask == 1) & (ids != CLS) & (ids != SEP)
     for layer in (0, 1):
         expected = [spearmanr(flow[layer, b, keep[b]], blank[b, keep[b]])[0] for b in range(len(ids))]
-        np.testing.assert_allclose(result.per_example[("spearman", "blank_out", "flow", layer)], expected,
+        # Rows number layers from 1, as the paper; the attribution's axis indexes from 0.
+        np.testing.assert_allclose(result.per_example[("spearman", "blank_out", "flow", layer + 1)], expected,
                                    atol=1e-6)
 
 
@@ -386,3 +388,77 @@ def test_embedding_methods_equal_captum_layer_methods(tiny_bert, bert_data):
     saliency = EmbeddingAttribution(Saliency, tiny_bert, embeddings).attribute(ids, **args)
     gradient = LayerGradientXActivation(tiny_bert, embeddings, multiply_by_inputs=False).attribute(ids, **args)
     torch.testing.assert_close(saliency, gradient.abs())
+
+
+def test_plot_labels_the_band_and_keeps_the_legend_off_the_data(layered_result, tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from captum_attnflow.evaluation.reporting import _plot_reference
+
+    figure = Figure(figsize=(7, 3.5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    _plot_reference(axes, layered_result.select(metric="spearman"), "blank")
+    figure.tight_layout()
+    figure.canvas.draw()
+    legend = axes.get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == [
+        "flow", "ablation (one output)", "shaded: ± 1 std over examples"]
+    renderer = figure.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).x0 >= axes.get_window_extent(renderer).x1  # beside, not over
+    assert list(axes.lines[0].get_xdata()) == [1, 2, 3, 4]  # layer numbers drawn as given (from 1)
+    assert axes.get_xlabel().startswith("layer (1 = after the first)")
+
+
+def test_sensitivity_keeps_a_small_internal_batch_size_valid(tiny_bert, bert_data):
+    """sensitivity_max stacks perturbed copies: IG's internal_batch_size grows to one row per copy,
+    silently (Captum would warn on every call) and with the same result as a large enough batch."""
+    import warnings
+
+    ids, mask, targets = bert_data
+    ig = LayerIntegratedGradients(tiny_bert, tiny_bert.bert.embeddings)
+
+    def sensitivity(internal_batch_size):
+        torch.manual_seed(0)
+        return AttributionEvaluator(
+            tiny_bert, {"ig": ig}, method_kwargs={"ig": {"internal_batch_size": internal_batch_size, "n_steps": 4}},
+            metrics=("sensitivity",), special_token_ids=(CLS, SEP), baseline_token_id=UNK,
+            n_perturb_samples=3, batch_size=3, progress=False, seed=0).evaluate(ids[:3], mask[:3], targets[:3])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small = sensitivity(2)
+    large = sensitivity(1000)
+    assert small.rows[0]["mean"] == pytest.approx(large.rows[0]["mean"], rel=1e-5)
+
+
+def test_integrated_gradients_gets_the_harness_internal_batch_size(tiny_bert, bert_data):
+    """Captum's IG runs all steps of all examples at once by default; the harness batches them."""
+    ids, mask, targets = bert_data
+    seen = []
+
+    class RecordingIG(LayerIntegratedGradients):
+        def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, n_steps=50,
+                      method="gausslegendre", internal_batch_size=None, return_convergence_delta=False,
+                      attribute_to_layer_input=False, grad_kwargs=None):
+            seen.append(internal_batch_size)
+            return super().attribute(inputs, baselines, target, additional_forward_args, n_steps, method,
+                                     internal_batch_size, return_convergence_delta, attribute_to_layer_input)
+
+    ig = RecordingIG(tiny_bert, tiny_bert.bert.embeddings)
+
+    def evaluate(**settings):
+        seen.clear()
+        AttributionEvaluator(tiny_bert, {"ig": ig, "ablation": FeatureAblation(tiny_bert)}, metrics=("aopc",),
+                             batch_size=3, progress=False, **settings).evaluate(ids[:3], mask[:3], targets[:3])
+        return list(seen)
+
+    assert evaluate() == [64]
+    assert evaluate(internal_batch_size=None) == [None]
+    assert evaluate(internal_batch_size=8, method_kwargs={"ig": {"internal_batch_size": 5}}) == [5]
+    seen.clear()
+    with pytest.raises(InvalidParameterError, match="internal_batch_size"):  # checked before any work
+        AttributionEvaluator(tiny_bert, {"ig": ig}, metrics=("aopc",), internal_batch_size=0,
+                             progress=False).evaluate(ids[:3], mask[:3], targets[:3])
+    assert seen == []

@@ -465,3 +465,17 @@ def test_llm_benchmark_rows():
         assert row["status"] in ("met", "NOT met") and "rollout" in row["measured"]
         assert row["rollout_ratio"] == pytest.approx(row["rollout_s"] / row["forward_s"])
         assert min(row["forward_s"], row["rollout_s"], row["flow_s"]) > 0
+
+
+@pytest.mark.parametrize("option,value,match", [("layer", 99, "layer"), ("head_fusion", "median", "head_fusion"),
+                                                 ("residual_weight", 2.0, "residual_weight"),
+                                                 ("backend", "gpu", "backend"), ("normalize", "yes", "normalize")])
+def test_bad_option_values_are_refused_before_generating(llama, monkeypatch, option, value, match):
+    explainer = LLMAttentionAttribution(AttentionFlow(llama), TOKENIZER)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generate() ran before the options were checked")
+
+    monkeypatch.setattr(llama, "generate", no_generation)
+    with pytest.raises(InvalidParameterError, match=match):
+        explainer.attribute(TextTokenInput(PROMPT, TOKENIZER), gen_args={"max_new_tokens": 2}, **{option: value})

@@ -113,6 +113,7 @@ def test_model_plumbing_does_no_graph_math(module):
         assert not graph_math & GRAPH[module]
 
 
+@pytest.mark.slow
 def test_every_module_imports_alone_in_a_fresh_interpreter():
     # One interpreter per module would cost a torch import each; instead every module is imported
     # first in its own fresh sys.modules state within one subprocess.
@@ -131,3 +132,14 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
     result = subprocess.run([sys.executable, "-c", script, *modules], capture_output=True, text=True,
                             cwd=PACKAGE.parent)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_one_networkx_attention_graph_builder():
+    """Every networkx graph of the attention graph comes from functional.graph.attention_graph."""
+    builders = [name for name, path in MODULES.items() if "DiGraph(" in path.read_text(encoding="utf-8")]
+    assert builders == ["captum_attnflow.functional.graph"]
+    from captum_attnflow.functional import _maxflow
+    from captum_attnflow.functional.graph import attention_graph
+    from captum_attnflow.visualization import graph as figure_module
+
+    assert figure_module.attention_graph is attention_graph is _maxflow.attention_graph

@@ -66,6 +66,7 @@ def test_thread_pool_equals_serial(tiny_bert, padded_batch, options):
     torch.testing.assert_close(distributed, serial_flow(tiny_bert, ids, mask, **options), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_spawned_process_pool_equals_serial(tiny_bert, padded_batch):
     ids, mask = padded_batch
     options = dict(token_index=2, return_all_layers=True)
@@ -75,6 +76,7 @@ def test_spawned_process_pool_equals_serial(tiny_bert, padded_batch):
     torch.testing.assert_close(distributed, serial_flow(tiny_bert, ids, mask, **options), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_default_executor_is_a_local_process_pool(tiny_bert, padded_batch):
     ids, mask = padded_batch
     distributed = flow_map(AttentionFlow(tiny_bert), ids, (mask,), token_index="mean")

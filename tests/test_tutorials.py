@@ -1,9 +1,8 @@
-"""The tutorial notebooks run top to bottom, in bounded time, and are stored without outputs."""
+"""The tutorial notebooks run top to bottom without errors or warnings, and are stored without outputs."""
 
 import base64
 import io
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,7 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 TUTORIALS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("*.ipynb"))
-CELL_TIMEOUT_S = 240
-NOTEBOOK_BUDGET_S = 300  # generous: the machine may be shared; the notebooks take ~15–40 s alone
+CELL_TIMEOUT_S = 1200  # a hang guard, not a budget: a cell takes seconds on a quiet machine
 
 
 def test_there_are_tutorials():
@@ -33,25 +31,23 @@ def test_stored_without_outputs(path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(NOTEBOOK_BUDGET_S + 60)
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda path: path.stem)
 def test_notebook_executes(path, tmp_path, minilm_path):
     import matplotlib.image as mpimg
 
     notebook = nbformat.read(path, as_version=4)
-    # Tutorials that train (04) shrink their training in quick mode: bounded by work, not seconds.
+    # Tutorials that train shrink their training in quick mode: bounded by work, not seconds.
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", CAPTUM_ATTNFLOW_TUTORIAL_QUICK="1")
     env.pop("MPLBACKEND", None)  # let the kernel use its inline backend, as in Jupyter
     client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
-    start = time.monotonic()
-    os.environ.update({"HF_HUB_OFFLINE": "1"})
     client.execute(env=env)
-    elapsed = time.monotonic() - start
-    assert elapsed < NOTEBOOK_BUDGET_S, f"{path.name} took {elapsed:.0f} s"
 
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
+    # Warnings a reader would see, e.g. tqdm's "IProgress not found" without ipywidgets.
+    stderr = "".join(output.text for output in outputs if output.get("name") == "stderr")
+    assert "Warning" not in stderr, stderr
     images = [output.data["image/png"] for output in outputs if "image/png" in output.get("data", {})]
     assert len(images) >= 2, "the notebook should display its figures"
     for encoded in images:

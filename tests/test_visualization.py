@@ -58,10 +58,10 @@ def test_rollout_edges_deliver_the_rollout_row(attentions, output_token):
     np.testing.assert_allclose(mass.sum(axis=(1, 2)), np.ones(len(attentions)), atol=1e-6)
 
 
-def test_flow_edges_deliver_the_normalised_attention_flow(attentions):
+def test_flow_edges_deliver_the_normalized_attention_flow(attentions):
     transitions = as_transitions(attentions, example=0)
     mass = edge_contributions(transitions, 2, method="flow")
-    expected = attention_flow(attentions, output_positions=2)[0].double().numpy()
+    expected = attention_flow(attentions, token_index=2)[0].double().numpy()
     np.testing.assert_allclose(mass[0].sum(axis=0), expected, atol=1e-6)
     assert mass.shape == transitions.shape
     assert np.all(mass >= 0)
@@ -70,7 +70,7 @@ def test_flow_edges_deliver_the_normalised_attention_flow(attentions):
 def test_single_input_flow_is_a_feasible_max_flow(attentions):
     transitions = as_transitions(attentions, example=0)
     mass = edge_contributions(transitions, 0, method="flow", input_token=4)
-    raw = attention_flow(attentions, output_positions=0, normalize=False)[0, 4].item()
+    raw = attention_flow(attentions, token_index=0, normalize=False)[0, 4].item()
     assert mass[0].sum() == pytest.approx(raw, abs=1e-6)
     assert np.all(mass <= transitions + 1e-9), "flow exceeds an edge's capacity"
     assert np.all(mass[0][:, [0, 1, 2, 3, 5]] == 0), "flow ends in an input other than the chosen one"
@@ -122,7 +122,7 @@ def test_attention_graph_png(attentions, tmp_path, highlight):
     ax = figure.axes[0]
     assert [label.get_text() for label in ax.get_xticklabels()] == TOKENS
     assert len(ax.get_yticklabels()) == len(attentions) + 1
-    assert len(figure.axes) == (1 if highlight is None else 2)  # colour bar with a highlight
+    assert len(figure.axes) == (1 if highlight is None else 2)  # color bar with a highlight
 
 
 def test_attention_graph_highlight_changes_the_picture(attentions, tmp_path):
@@ -161,7 +161,7 @@ def test_layer_attribution_maps_match_functional(attentions):
     np.testing.assert_allclose(maps["rollout"], attention_rollout(attentions)[:, 1, 1].numpy(), atol=1e-6)
     np.testing.assert_allclose(maps["raw"][2], torch.stack(attentions)[2, 1].mean(0)[1].numpy(), atol=1e-6)
     for layer in range(len(attentions)):
-        expected = attention_flow(attentions, output_positions=1, layer=layer)[1].numpy()
+        expected = attention_flow(attentions, token_index=1, layer=layer)[1].numpy()
         np.testing.assert_allclose(maps["flow"][layer], expected, atol=1e-6)
 
 
@@ -210,7 +210,8 @@ def test_image_overlay_png_and_upsampling(tmp_path):
     path = tmp_path / "overlay.png"
     figure = image_overlay(attribution, image[None], path=path, title="flow")
     read_png(path)
-    assert len(figure.axes) == 2
+    assert len(figure.axes) == 3  # image, overlay, color bar
+    assert figure.axes[2].get_ylabel() == "score / its 99th percentile"
     overlay = figure.axes[1].images[-1].get_array()
     assert overlay.shape[:2] == (16, 16)
     # The heat sits where the attribution is: the top-right corner, not the bottom-left.
@@ -221,8 +222,11 @@ def test_image_overlay_rgb_channels_first_into_axes(tmp_path):
     figure = Figure()
     ax = figure.subplots()
     returned = image_overlay(torch.rand(3, 8, 8), torch.rand(3, 8, 8), ax=ax, path=tmp_path / "rgb.png")
-    assert returned is figure and len(figure.axes) == 1
+    assert returned is figure and len(figure.axes) == 2  # the overlay and its color bar
     read_png(tmp_path / "rgb.png")
+    bare = Figure()
+    image_overlay(torch.rand(3, 8, 8), torch.rand(3, 8, 8), ax=bare.subplots(), colorbar=False)
+    assert len(bare.axes) == 1
     with pytest.raises(InvalidInputError):
         image_overlay(torch.rand(2, 2, 8, 8), torch.rand(3, 8, 8))
 
@@ -255,3 +259,67 @@ def test_comparison_records_scale_rows_and_ignore_padding():
     assert records[0].attr_score == pytest.approx(-3.0)
     with pytest.raises(InvalidInputError):
         comparison_records([["a", "b", "c", "d"]], {"m": torch.rand(1, 3)})
+
+
+def test_rank_scale_colors_each_row_by_its_ordering():
+    scores = np.array([[0.30, 0.02, 0.26, 0.25, 0.0, 0.17]])  # a nearly flat row with a zero
+    unranked = [[True, False, False, False, False, False]]  # e.g. [CLS], left out of the ranking
+    record = comparison_records([TOKENS], {"flow": scores}, scale="rank", unranked=unranked)[0]
+    words = np.asarray(record.word_attributions)
+    assert words[0] == 0.0 and words[4] == 0.0  # unranked and zero scores stay uncolored
+    # Independent reference: the order of |score| over the ranked tokens, highest = full color.
+    ranked = scores[0, 1:]
+    order = np.argsort(np.argsort(np.abs(ranked))) + 1
+    np.testing.assert_allclose(words[1:], np.where(ranked == 0, 0, order / ranked.size))
+    assert np.argmax(words) == 2  # the largest ranked score gets the strongest color
+    signed = comparison_records([["a", "b", "c"]], {"ig": [[-3.0, 1.0, 2.0]]}, scale="rank")[0]
+    np.testing.assert_allclose(signed.word_attributions, [-1.0, 1 / 3, 2 / 3])  # sign kept, rank of |score|
+    with pytest.raises(InvalidParameterError, match="scale"):
+        comparison_records([TOKENS], {"flow": scores}, scale="minmax")
+    with pytest.raises(InvalidInputError, match="unranked"):
+        comparison_records([TOKENS], {"flow": scores}, unranked=[[True]])
+
+
+def test_comparison_html_output_column_correlations_and_legend():
+    tokens_list = [["[CLS]", "keys", "here", "[SEP]"], ["[CLS]", "hi", "[SEP]"]]
+    attributions = {"flow": torch.rand(2, 4), "ablation": torch.randn(2, 4)}
+    page = comparison_html(tokens_list, attributions, pred_labels=["0.50", "0.10"],
+                           pred_header="cosine similarity to 'where?'", scale="rank",
+                           unranked=[[True, False, False, True], [True, False, True]],
+                           correlations={"flow": [0.25, float("nan")], "ablation": ["reference", "reference"]},
+                           correlation_header="Spearman vs ablation")
+    header = re.findall(r"<th>(.*?)</th>", page)
+    assert header == ["example", "method", "cosine similarity to &#x27;where?&#x27;", "Spearman vs ablation",
+                      "sum", "token importance"]
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", page, flags=re.S)[1:]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S) for row in rows]
+    assert [row[2] for row in cells] == ["0.50", "", "0.10", ""]  # the output once per example
+    assert [row[3] for row in cells] == ["+0.25", "reference", "n/a", "reference"]
+    assert page.count('class="unranked"') == 2 * 2 + 2 * 2  # [CLS] and [SEP] in each row
+    assert "rank of |score| within the row" in page and "not ranked" in page
+    assert re.search(r'title="score -?\d', page)  # every word carries its score on hover
+
+
+@pytest.mark.parametrize("seq_len", [12, 100])
+def test_long_texts_wrap_within_the_width_cap(tmp_path, seq_len):
+    from captum_attnflow.visualization.maps import MAX_FIGURE_WIDTH
+
+    generator = torch.Generator().manual_seed(0)
+    tokens = [f"tok{i}" for i in range(seq_len)]
+    scores = {name: torch.rand(seq_len, generator=generator) for name in ("a", "b", "c", "d", "e")}
+    maps = {name: torch.rand(6, seq_len, generator=generator) for name in ("raw", "rollout", "flow")}
+    bars = plot_method_comparison(scores, tokens, path=tmp_path / "bars.png")
+    assert read_png(tmp_path / "bars.png").shape[1] <= MAX_FIGURE_WIDTH * 150 + 200  # 150 dpi; outer labels
+    figure = plot_layer_maps(maps, tokens)
+    assert bars.get_size_inches()[0] <= MAX_FIGURE_WIDTH and figure.get_size_inches()[0] <= MAX_FIGURE_WIDTH
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    if seq_len == 100:  # a row per method, each wrapped into three lines that keep every token
+        assert titles[:3] == ["raw (tokens 1-34 of 100)", "raw (tokens 35-68 of 100)", "raw (tokens 69-100 of 100)"]
+        raw_lines = [ax for ax in figure.axes if ax.get_title().startswith("raw")]
+        assert [label.get_text() for ax in raw_lines for label in ax.get_xticklabels()] == tokens
+        # One color scale per method across its lines, so the lines compare.
+        assert len({ax.images[0].get_clim() for ax in raw_lines}) == 1
+        bar_ticks = [label.get_text() for ax in bars.axes for label in ax.get_xticklabels()]
+        assert bar_ticks == tokens and len(bars.axes) > 1
+    else:
+        assert titles == ["raw", "rollout", "flow"] and len(bars.axes) == 1

@@ -128,8 +128,17 @@ class AttentionAttributionBase(Attribution):
     def _check_before_forward(self, inputs, token_index, layer, return_all_layers, head_fusion, return_patch_grid,
                               options: Dict[str, Any]) -> torch.Tensor:
         """Everything checkable without the model, so that nothing fails after a forward pass."""
+        self._check_options(layer, return_all_layers, head_fusion, return_patch_grid, options)
         inputs = self.adapter.check_inputs(inputs)
         check_model_inputs(inputs, self.adapter.vocabulary_size())
+        sequence_length = self.adapter.sequence_length(inputs)
+        check_token_index(token_index, inputs.shape[0] if inputs.ndim >= 2 else None, sequence_length)
+        return inputs
+
+    def _check_options(self, layer, return_all_layers, head_fusion, return_patch_grid,
+                       options: Dict[str, Any]) -> None:
+        """The options that do not depend on the inputs (also checked by LLMAttentionAttribution
+        before it generates)."""
         check_head_fusion(head_fusion)
         check_flag("return_all_layers", return_all_layers)
         check_flag("return_patch_grid", return_patch_grid)
@@ -143,16 +152,13 @@ class AttentionAttributionBase(Attribution):
         if "backend" in options:
             check_choice("backend", options["backend"], FLOW_BACKENDS,
                          "('auto' picks the fastest exact engine)")
-        sequence_length = self.adapter.sequence_length(inputs)
-        check_token_index(token_index, inputs.shape[0] if inputs.ndim >= 2 else None, sequence_length)
-        num_layers = self.adapter.expected_num_layers()
         if return_all_layers and layer is not None:
             raise InvalidParameterError(
                 f"layer={layer!r} and return_all_layers=True contradict each other: return_all_layers returns "
                 "every layer; drop one of them.")
+        num_layers = self.adapter.expected_num_layers()
         if num_layers is not None and layer is not None:
             check_layer(layer, num_layers)
-        return inputs
 
     def _to_input_shape(self, scores: torch.Tensor, inputs: torch.Tensor, token_index, return_patch_grid: bool):
         """``(n, B, [P,] S)`` token scores onto the inputs' shape, row by row for several positions."""

@@ -221,6 +221,10 @@ class LLMAttentionAttribution(Attribution):
             raise InvalidParameterError(
                 f"{unknown[0]} is not an option of {type(self.attr_method).__name__}.attribute; use one of "
                 f"{sorted(accepted - {'inputs'})}.")
+        # Values too, before anything is generated: a bad layer should not cost a generate() call.
+        options = dict(kwargs)
+        self._explainer._check_options(options.pop("layer", None), False, options.pop("head_fusion", "mean"),
+                                       False, options)
         return dict(kwargs)
 
     def _check_length(self, prompts: List[_Prompt], target_ids: List[torch.Tensor]) -> None:
@@ -316,8 +320,11 @@ class LLMAttentionAttribution(Attribution):
         if include_generated:
             token_attr = torch.cat([token_attr, rows[:, num_prompt:]], dim=1)
             input_tokens = input_tokens + output_tokens
-        return LLMAttributionResult(seq_attr=token_attr.sum(0), token_attr=token_attr, input_tokens=input_tokens,
-                                    output_tokens=output_tokens, inp=inp)
+        fields = dict(seq_attr=token_attr.sum(0), token_attr=token_attr, input_tokens=input_tokens,
+                      output_tokens=output_tokens, inp=inp)
+        # Captum 0.9 keeps the input on the result; 0.7 and 0.8 do not take it.
+        accepted = inspect.signature(LLMAttributionResult.__init__).parameters
+        return LLMAttributionResult(**{name: value for name, value in fields.items() if name in accepted})
 
 
 # ---------------------------------------------------------------------- model plumbing

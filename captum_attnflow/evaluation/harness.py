@@ -5,6 +5,7 @@ attributions with the metrics of :mod:`captum_attnflow.evaluation.metrics`; meth
 return every layer (``return_all_layers=True``) are scored layer by layer.
 """
 
+import inspect
 from collections import defaultdict
 from numbers import Integral
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -90,6 +91,11 @@ class AttributionEvaluator:
             first; on by default because attention scores sum to 1 while Δp does not.
         sensitivity_radius: fraction of tokens replaced per sensitivity perturbation.
         batch_size: examples per batch.
+        internal_batch_size: default ``internal_batch_size`` for methods whose ``attribute``
+            takes one (``IntegratedGradients``, ``LayerIntegratedGradients``,
+            ``LayerConductance`` ...) and that ``method_kwargs`` leaves unset: rows
+            (example × step) per forward pass. Captum's own default runs every step of every
+            example at once (50 × batch rows; gigabytes for a sentence encoder); None keeps it.
         executor: a :class:`concurrent.futures.Executor` (process pool, Dask
             ``Client.get_executor()`` ...) on which :class:`~captum_attnflow.AttentionFlow`
             methods solve their max-flow problems, via :func:`captum_attnflow.parallel.flow_map`;
@@ -124,7 +130,8 @@ class AttributionEvaluator:
                  baseline_token_id: int = 0, aopc_bins: Sequence[float] = AOPC_BINS,
                  removal: str = "replace", n_perturb_samples: int = 10,
                  infidelity_drop_prob: float = 0.25, infidelity_normalize: bool = True,
-                 sensitivity_radius: float = 0.1, batch_size: int = 16, executor=None,
+                 sensitivity_radius: float = 0.1, batch_size: int = 16,
+                 internal_batch_size: Optional[int] = 64, executor=None,
                  progress: bool = True, seed: int = 0) -> None:
         self.forward_func = forward_func
         self.methods = methods
@@ -146,6 +153,7 @@ class AttributionEvaluator:
         self.infidelity_normalize = infidelity_normalize
         self.sensitivity_radius = sensitivity_radius
         self.batch_size = batch_size
+        self.internal_batch_size = internal_batch_size
         self.executor = executor
         self.progress = progress
         self.seed = seed
@@ -237,7 +245,8 @@ class AttributionEvaluator:
                 raise InvalidInputError(
                     f"method {name!r} was asked for return_all_layers=True and must return (L, B, S) "
                     f"= (L, {input_ids.shape[0]}, {input_ids.shape[1]}), got {tuple(output.shape)}.")
-            return list(range(output.shape[0])), output.detach().float()
+            # Layers are numbered from 1 (after the first layer), as in the paper and every figure.
+            return list(range(1, output.shape[0] + 1)), output.detach().float()
         return [None], _reduce_to_tokens(output, input_ids, name).unsqueeze(0)
 
     def _run_method(self, name: str, input_ids, target, args, kwargs):
@@ -246,13 +255,21 @@ class AttributionEvaluator:
             return flow_map(method, input_ids, additional_forward_args=args or None, executor=self.executor,
                             **kwargs)
         attribute = method.attribute if isinstance(method, Attribution) else method
+        if kwargs.get("internal_batch_size") is not None:
+            # Captum needs at least one row per example (it warns and takes that anyway);
+            # sensitivity_max stacks its perturbed copies into one larger batch.
+            kwargs = dict(kwargs, internal_batch_size=max(kwargs["internal_batch_size"], len(input_ids)))
         output = attribute(input_ids, target=target, additional_forward_args=args or None, **kwargs)
         if isinstance(output, tuple):  # Captum returns a tuple when inputs were a tuple
             output = output[0]
         return output
 
     def _kwargs_of(self, name: str) -> Dict[str, Any]:
-        return dict((self.method_kwargs or {}).get(name, {}))
+        kwargs = dict((self.method_kwargs or {}).get(name, {}))
+        if self.internal_batch_size is not None and "internal_batch_size" not in kwargs \
+                and _takes_internal_batch_size(self.methods[name]):
+            kwargs["internal_batch_size"] = self.internal_batch_size
+        return kwargs
 
     # ------------------------------------------------------------------ Captum metrics
 
@@ -321,6 +338,9 @@ class AttributionEvaluator:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
                 raise InvalidParameterError(f"{name} must be a positive int, got {value!r}.")
+        value = self.internal_batch_size
+        if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < 1):
+            raise InvalidParameterError(f"internal_batch_size must be a positive int or None, got {value!r}.")
 
     @staticmethod
     def _check_data(input_ids, attention_mask, targets, special_tokens_mask):
@@ -374,3 +394,12 @@ def _as_tuple(args) -> tuple:
     if args is None:
         return ()
     return args if isinstance(args, tuple) else (args,)
+
+
+def _takes_internal_batch_size(method) -> bool:
+    """Whether the method's ``attribute`` accepts ``internal_batch_size`` (Captum's IG family)."""
+    attribute = method.attribute if isinstance(method, Attribution) else method
+    try:
+        return "internal_batch_size" in inspect.signature(attribute).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return False

@@ -17,7 +17,8 @@ class EvaluationResult:
         rows: list of dicts with keys :data:`COLUMNS`. ``metric`` is ``"spearman"``,
             ``"comprehensiveness"``, ``"sufficiency"``, ``"infidelity"`` or ``"sensitivity"``;
             ``reference`` names the reference method for ``"spearman"`` (else None);
-            ``layer`` is the 0-based layer for methods that returned every layer (else None);
+            ``layer`` numbers the layers from 1 (after the first layer) to L, as in the paper
+            and every figure, for methods that returned every layer (else None);
             ``mean``/``std``/``n`` summarise the finite per-example values
             (see :func:`~captum_attnflow.evaluation.metrics.summarize`).
         per_example: ``{(metric, reference, method, layer): 1-D float array}`` with every
@@ -25,13 +26,13 @@ class EvaluationResult:
 
     Example:
         >>> import numpy as np
-        >>> result = EvaluationResult.from_values({("spearman", "blank", "flow", 0): np.array([0.5, 1.0])})
+        >>> result = EvaluationResult.from_values({("spearman", "blank", "flow", 1): np.array([0.5, 1.0])})
         >>> result.rows[0]["mean"], result.rows[0]["n"]
         (0.75, 2)
         >>> print(result.to_markdown())
         | metric | reference | method | layer | mean | std | n |
         |---|---|---|---|---|---|---|
-        | spearman | blank | flow | 0 | 0.7500 | 0.3536 | 2 |
+        | spearman | blank | flow | 1 | 0.7500 | 0.3536 | 2 |
     """
 
     def __init__(self, rows: List[Dict[str, Any]],
@@ -87,18 +88,19 @@ class EvaluationResult:
         return "\n".join(lines)
 
     def plot_correlations(self, path, *, reference: Optional[str] = None, dpi: int = 100) -> None:
-        """Save per-layer Spearman curves (mean ± std band) to an image file, one panel per reference.
+        """Save per-layer Spearman curves to an image file, one panel per reference.
 
-        Methods that returned every layer are drawn as curves over layers (1-based, as in the
-        paper); single-output methods as horizontal dashed lines. Each panel is 5 × 3.5 inches
-        (``500 × 350`` pixels at the default ``dpi=100``). Uses Matplotlib's Agg canvas
+        Methods that returned every layer are drawn as curves of the mean over layers 1 to L,
+        with a shaded band of ± one standard deviation over examples (labeled in the legend);
+        single-output methods as horizontal dashed lines. Each panel with its legend, which sits
+        to the right of the data, is 7 × 3.5 inches (``700 × 350`` pixels at the default ``dpi=100``). Uses Matplotlib's Agg canvas
         directly, so no display and no global ``pyplot`` state are touched.
 
         Example:
             >>> import os, tempfile
             >>> import numpy as np
             >>> result = EvaluationResult.from_values(
-            ...     {("spearman", "blank", "flow", layer): np.array([0.2 * layer, 0.3]) for layer in range(3)})
+            ...     {("spearman", "blank", "flow", layer): np.array([0.2 * layer, 0.3]) for layer in (1, 2, 3)})
             >>> path = os.path.join(tempfile.mkdtemp(), "layers.png")
             >>> result.plot_correlations(path)
             >>> open(path, "rb").read(4)[1:]  # the PNG signature
@@ -111,12 +113,12 @@ class EvaluationResult:
         references = sorted({row["reference"] for row in rows}) if reference is None else [reference]
         if not rows or not references:
             raise ValueError("no Spearman rows to plot; run the evaluation with 'spearman' in metrics.")
-        figure = Figure(figsize=(5 * len(references), 3.5))
+        figure = Figure(figsize=(7 * len(references), 3.5))
         FigureCanvasAgg(figure)
         for index, name in enumerate(references):
             axes = figure.add_subplot(1, len(references), index + 1)
             _plot_reference(axes, [row for row in rows if row["reference"] == name], name)
-        figure.tight_layout()
+        figure.tight_layout()  # makes room for each legend beside its panel
         figure.savefig(path, dpi=dpi)
 
     def __repr__(self) -> str:
@@ -132,19 +134,23 @@ def _format_cell(value, digits: int) -> str:
 
 
 def _plot_reference(axes, rows: List[Dict[str, Any]], reference: str) -> None:
+    banded = False
     for index, method in enumerate(dict.fromkeys(row["method"] for row in rows)):
         method_rows = [row for row in rows if row["method"] == method]
         color = f"C{index % 10}"
         if method_rows[0]["layer"] is None:
-            axes.axhline(method_rows[0]["mean"], linestyle="--", color=color, label=method)
+            axes.axhline(method_rows[0]["mean"], linestyle="--", color=color, label=f"{method} (one output)")
             continue
         method_rows.sort(key=lambda row: row["layer"])
-        layers = np.array([row["layer"] for row in method_rows]) + 1  # 1-based, as in the paper
+        layers = np.array([row["layer"] for row in method_rows])
         means = np.array([row["mean"] for row in method_rows])
         stds = np.nan_to_num(np.array([row["std"] for row in method_rows]))
         axes.plot(layers, means, marker="o", color=color, label=method)
-        axes.fill_between(layers, means - stds, means + stds, color=color, alpha=0.2)
-    axes.set_xlabel("layer")
+        axes.fill_between(layers, means - stds, means + stds, color=color, alpha=0.2, linewidth=0)
+        banded = True
+    if banded:  # one legend entry says what every band is
+        axes.fill_between([], [], [], color="gray", alpha=0.3, linewidth=0, label="shaded: ± 1 std over examples")
+    axes.set_xlabel("layer (1 = after the first)")
     axes.set_ylabel(f"Spearman vs {reference}")
     axes.set_ylim(-1.05, 1.05)
-    axes.legend(fontsize="small")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)

@@ -22,6 +22,7 @@ from captum_attnflow.functional.flow import (
     flow_from_transitions,
 )
 from captum_attnflow.functional.fusion import AttentionWeights, discard_lowest, fuse_heads, transition_matrices
+from captum_attnflow.functional.graph import attention_graph
 from captum_attnflow.functional.positions import TOKEN_INDEX_MODES, check_token_index, explained_positions
 from captum_attnflow.functional.raw import raw_attention
 from captum_attnflow.functional.rollout import (
@@ -36,6 +37,7 @@ __all__ = [
     "TOKEN_INDEX_MODES",
     "AttentionWeights",
     "attention_flow",
+    "attention_graph",
     "attention_rollout",
     "batched_flow_from_transitions",
     "check_token_index",

@@ -149,5 +149,5 @@ def check_flow_budget(cost: FlowCost, allow_large: bool) -> FlowCost:
         f"{cost.num_edges:,} edges: estimated {cost.seconds:,.0f} s and "
         f"{cost.memory_bytes / 1024 ** 2:,.0f} MiB (budget {FLOW_TIME_BUDGET_S:.0f} s, "
         f"{FLOW_MEMORY_BUDGET_BYTES / 1024 ** 2:,.0f} MiB). Pass allow_large=True to run it anyway, "
-        "or make it smaller: fewer explained positions (one token_index instead of 'mean'), an "
+        "or make it smaller: fewer explained positions (one token_index instead of 'mean' or 'all'), an "
         "earlier layer, shorter inputs or smaller batches; attention rollout is the cheap alternative.")

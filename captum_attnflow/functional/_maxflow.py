@@ -46,6 +46,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from captum_attnflow.exceptions import InvalidParameterError
+from captum_attnflow.functional.graph import attention_graph
 
 try:  # numba is a declared dependency; the guard keeps the other engines usable without it.
     import numba
@@ -101,33 +102,19 @@ def _warn_fallback() -> None:
 
 # ---------------------------------------------------------------------------- networkx
 
-def _networkx_graph(transitions: np.ndarray):
-    import networkx as nx
-
-    num_layers, seq_len, _ = transitions.shape
-    graph = nx.DiGraph()
-    graph.add_nodes_from(range((num_layers + 1) * seq_len))
-    for k in range(num_layers):
-        rows, cols = np.nonzero(transitions[k])
-        for i, j in zip(rows.tolist(), cols.tolist()):
-            graph.add_edge((k + 1) * seq_len + i, k * seq_len + j, capacity=float(transitions[k, i, j]))
-    return graph
-
-
 def networkx_max_flow(transitions: np.ndarray, sources: List[int],
                       valid: Optional[np.ndarray] = None) -> np.ndarray:
     """Reference: one networkx Edmonds–Karp max-flow per (source, input), as the authors did."""
     from networkx.algorithms.flow import edmonds_karp, maximum_flow_value
 
     num_layers, seq_len, _ = transitions.shape
-    graph = _networkx_graph(transitions)
+    graph = attention_graph(transitions)
     flows = np.zeros((len(sources), seq_len))
     for row, position in enumerate(sources):
-        source_node = num_layers * seq_len + position
         for j in range(seq_len):
             if valid is not None and not valid[j]:
                 continue
-            flows[row, j] = maximum_flow_value(graph, source_node, j, flow_func=edmonds_karp)
+            flows[row, j] = maximum_flow_value(graph, (num_layers, position), (0, j), flow_func=edmonds_karp)
     return flows
 
 

@@ -15,20 +15,17 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from captum_attnflow._validation import check_causal_transitions, check_flag
+from captum_attnflow._validation import check_flag
 from captum_attnflow.exceptions import InvalidParameterError
 from captum_attnflow.functional import _maxflow
 from captum_attnflow.functional import _cost
 from captum_attnflow.functional._cost import check_flow_budget, estimate_flow_cost
-from captum_attnflow.functional.causal import normalize_by_receptive_field, receptive_field_transitions
-from captum_attnflow.functional.fusion import checked_attentions, fused_transitions
+from captum_attnflow.functional.causal import normalize_by_receptive_field
+from captum_attnflow.functional._problem import propagation_problem
 from captum_attnflow.functional.positions import (
     ExplainedPositions,
     TokenIndex,
     assemble,
-    explained_layers,
-    explained_positions,
-    real_tokens,
 )
 
 
@@ -293,23 +290,16 @@ def attention_flow(attentions, *, token_index: TokenIndex = 0, layer: Optional[i
     check_chunk_size(chunk_size)
     if show_progress is not None:
         check_flag("show_progress", show_progress)
-    stacked, head_fusion, valid = checked_attentions(attentions, head_fusion, attention_mask)
-    transitions = fused_transitions(stacked, head_fusion, residual_weight=residual_weight,
-                                    discard_ratio=discard_ratio, valid=valid)
-    num_layers, batch_size, seq_len, _ = transitions.shape
-    layers = explained_layers(layer, return_all_layers, num_layers)
-    valid = real_tokens(valid, batch_size, seq_len)
-    explained = explained_positions(token_index, valid)
-    baseline = None
-    if causal_normalization:
-        check_causal_transitions(transitions[: max(layers) + 1])
-        baseline = receptive_field_transitions(num_layers, batch_size, seq_len, residual_weight=residual_weight,
-                                               dtype=torch.float64, attention_mask=valid)
-    scores = flow_attribution(transitions, explained, layers, normalize=normalize, backend=backend,
-                              allow_large=allow_large, causal_baseline=baseline, executor=executor,
-                              chunk_size=chunk_size, valid=valid, residual_weight=residual_weight,
-                              show_progress=show_progress)
-    scores = scores.to(device=stacked.device, dtype=stacked.dtype)
+    problem = propagation_problem(attentions, token_index=token_index, layer=layer,
+                                  return_all_layers=return_all_layers, head_fusion=head_fusion,
+                                  residual_weight=residual_weight, discard_ratio=discard_ratio,
+                                  attention_mask=attention_mask, causal_normalization=causal_normalization,
+                                  baseline_dtype=torch.float64, baseline_device=torch.device("cpu"))
+    scores = flow_attribution(problem.transitions, problem.explained, problem.layers, normalize=normalize,
+                              backend=backend, allow_large=allow_large, causal_baseline=problem.causal_baseline,
+                              executor=executor, chunk_size=chunk_size, valid=problem.valid,
+                              residual_weight=residual_weight, show_progress=show_progress)
+    scores = scores.to(device=problem.device, dtype=problem.dtype)
     return scores if return_all_layers else scores[0]
 
 

@@ -4,16 +4,13 @@ from typing import List, Optional
 
 import torch
 
-from captum_attnflow._validation import check_causal_transitions, check_flag
-from captum_attnflow.functional.causal import normalize_by_receptive_field, receptive_field_transitions
-from captum_attnflow.functional.fusion import checked_attentions, fused_transitions
+from captum_attnflow._validation import check_flag
+from captum_attnflow.functional.causal import normalize_by_receptive_field
+from captum_attnflow.functional._problem import propagation_problem
 from captum_attnflow.functional.positions import (
     ExplainedPositions,
     TokenIndex,
     assemble,
-    explained_layers,
-    explained_positions,
-    real_tokens,
 )
 
 
@@ -129,18 +126,10 @@ def attention_rollout(attentions, *, token_index: TokenIndex = "all", layer: Opt
     check_flag("causal_normalization", causal_normalization)
     if return_all_layers is None:
         return_all_layers = layer is None and isinstance(token_index, str) and token_index == "all"
-    stacked, head_fusion, valid = checked_attentions(attentions, head_fusion, attention_mask)
-    transitions = fused_transitions(stacked, head_fusion, residual_weight=residual_weight,
-                                    discard_ratio=discard_ratio, valid=valid)
-    num_layers, batch_size, seq_len, _ = transitions.shape
-    layers = explained_layers(layer, return_all_layers, num_layers)
-    valid = real_tokens(valid, batch_size, seq_len)
-    explained = explained_positions(token_index, valid)
-    baseline = None
-    if causal_normalization:
-        check_causal_transitions(transitions[: max(layers) + 1])
-        baseline = receptive_field_transitions(num_layers, batch_size, seq_len, residual_weight=residual_weight,
-                                               dtype=transitions.dtype, device=transitions.device,
-                                               attention_mask=valid)
-    scores = rollout_attribution(transitions, explained, layers, causal_baseline=baseline)
-    return (scores if return_all_layers else scores[0]).to(stacked.dtype)
+    problem = propagation_problem(attentions, token_index=token_index, layer=layer,
+                                  return_all_layers=return_all_layers, head_fusion=head_fusion,
+                                  residual_weight=residual_weight, discard_ratio=discard_ratio,
+                                  attention_mask=attention_mask, causal_normalization=causal_normalization)
+    scores = rollout_attribution(problem.transitions, problem.explained, problem.layers,
+                                 causal_baseline=problem.causal_baseline)
+    return (scores if return_all_layers else scores[0]).to(problem.dtype)

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from captum_attnflow._validation import check_layer, check_position
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError, ProblemTooLargeError
 from captum_attnflow.functional.fusion import transition_matrices
+from captum_attnflow.functional.graph import attention_graph
 from captum_attnflow.visualization._common import (
     PathLike,
     check_tokens,
@@ -27,7 +28,7 @@ from captum_attnflow.visualization._common import (
     to_numpy,
 )
 
-#: Beyond these sizes the edges of the graph turn into an unreadable grey wash.
+#: Beyond these sizes the edges of the graph turn into an unreadable gray wash.
 MAX_GRAPH_TOKENS = 16
 MAX_GRAPH_LAYERS = 12
 HIGHLIGHTS = ("flow", "rollout", None)
@@ -74,25 +75,6 @@ def _check_example(example: int, batch_size: int) -> int:
     return example % batch_size
 
 
-def attention_graph(transitions: np.ndarray) -> nx.DiGraph:
-    """Directed graph with an edge ``(l, i) -> (l-1, k)`` of ``capacity`` ``transitions[l-1, i, k]``.
-
-    Example:
-        >>> import numpy as np
-        >>> graph = attention_graph(np.full((2, 3, 3), 1 / 3))
-        >>> graph.number_of_nodes(), graph.number_of_edges()
-        (9, 18)
-    """
-    num_layers, seq_len, _ = transitions.shape
-    graph = nx.DiGraph()
-    graph.add_nodes_from((layer, position) for layer in range(num_layers + 1) for position in range(seq_len))
-    for layer in range(1, num_layers + 1):
-        rows, cols = np.nonzero(transitions[layer - 1] > 0)
-        graph.add_edges_from(((layer, i), (layer - 1, k), {"capacity": float(transitions[layer - 1, i, k])})
-                             for i, k in zip(rows, cols))
-    return graph
-
-
 def edge_contributions(transitions: np.ndarray, output_token: int, *, method: str = "flow",
                        input_token: Optional[int] = None) -> np.ndarray:
     """How much of the explained token's attribution each edge of the graph carries.
@@ -103,7 +85,7 @@ def edge_contributions(transitions: np.ndarray, output_token: int, *, method: st
     * ``"rollout"``: the summed weight of all paths through the edge (products of ``Â`` along
       each path). What reaches input ``j`` is exactly the rollout score of ``j``.
     * ``"flow"``: one maximum flow per input ``j`` (Edmonds–Karp, as the authors ran it),
-      summed and divided by the total, so what reaches input ``j`` is the normalised attention
+      summed and divided by the total, so what reaches input ``j`` is the normalized attention
       flow of ``j``. Maximum flows are not unique; this shows one of them.
 
     With ``input_token`` only what ends in that input is kept (for flow: its raw max-flow).
@@ -173,8 +155,8 @@ def plot_attention_graph(attentions, tokens: Sequence[str], *, output_token: int
                          path: Optional[PathLike] = None) -> Figure:
     """Draw the attention graph of one short input, optionally highlighting flow or rollout.
 
-    Grey edges show ``Â`` (width and opacity grow with the weight). With ``highlight`` the
-    edges that carry the explained token's attribution are drawn on top, coloured and sized
+    Gray edges show ``Â`` (width and opacity grow with the weight). With ``highlight`` the
+    edges that carry the explained token's attribution are drawn on top, colored and sized
     by the amount they carry (:func:`edge_contributions`), and the input nodes are filled
     with the resulting score. The explained node is ringed in red.
 
@@ -190,7 +172,7 @@ def plot_attention_graph(attentions, tokens: Sequence[str], *, output_token: int
         ax: axes to draw into; by default a new figure sized to the graph.
         cmap: colormap of the highlight.
         title: axes title; by default one naming the method and the explained token.
-        colorbar: add a colour bar for the highlighted amounts.
+        colorbar: add a color bar for the highlighted amounts.
         allow_large: draw inputs longer than ``MAX_GRAPH_TOKENS`` or deeper than
             ``MAX_GRAPH_LAYERS`` (unreadable, and flow highlighting gets slow).
         path: also save the figure there (PNG, SVG, PDF ... from the suffix).
@@ -271,10 +253,10 @@ def _draw_highlight(graph: nx.DiGraph, positions: Dict, mass: np.ndarray, ax: Ax
 def _draw_nodes(graph: nx.DiGraph, positions: Dict, ax: Axes, scores: Optional[np.ndarray],
                 mappable: Optional[ScalarMappable], output_node: Tuple[int, int]) -> None:
     nodes = list(graph.nodes)
-    # Input nodes share the edges' colour scale, so a node reads as "this much arrived here".
-    colours = [mappable.to_rgba(scores[position]) if scores is not None and layer == 0 else "white"
+    # Input nodes share the edges' color scale, so a node reads as "this much arrived here".
+    colors = [mappable.to_rgba(scores[position]) if scores is not None and layer == 0 else "white"
                for layer, position in nodes]
-    nx.draw_networkx_nodes(graph, positions, nodelist=nodes, ax=ax, node_size=110, node_color=colours,
+    nx.draw_networkx_nodes(graph, positions, nodelist=nodes, ax=ax, node_size=110, node_color=colors,
                            edgecolors="#333333", linewidths=0.8)
     if scores is not None:
         for position, score in enumerate(scores):

@@ -25,7 +25,7 @@ def _image_hwc(image) -> np.ndarray:
     if array.shape[0] in (1, 3, 4) and array.shape[2] not in (1, 3, 4):
         array = array.transpose(1, 2, 0)  # channels first, as torch keeps images
     low, high = array.min(), array.max()
-    # Normalised model inputs (mean/std) are not displayable as they are; stretch to [0, 1].
+    # Normalized model inputs (mean/std) are not displayable as they are; stretch to [0, 1].
     return (array - low) / (high - low) if high > low else np.zeros_like(array)
 
 
@@ -48,7 +48,7 @@ def _attribution_hw(attribution, size: Tuple[int, int]) -> np.ndarray:
 
 
 def _show_image(ax: Axes, image_hwc: np.ndarray) -> None:
-    # Drawn directly: Captum's "original_image" shows one-channel images in false colour.
+    # Drawn directly: Captum's "original_image" shows one-channel images in false color.
     if image_hwc.shape[2] == 1:
         ax.imshow(image_hwc[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0)
     else:
@@ -60,8 +60,8 @@ def _show_image(ax: Axes, image_hwc: np.ndarray) -> None:
 
 def image_overlay(attribution, image, *, sign: str = "positive", method: str = "blended_heat_map",
                   show_original: bool = True, alpha_overlay: float = 0.7, cmap: Optional[str] = "inferno",
-                  outlier_perc: float = 1, title: Optional[str] = None, ax: Optional[Axes] = None,
-                  path: Optional[PathLike] = None) -> Figure:
+                  outlier_perc: float = 1, title: Optional[str] = None, colorbar: bool = True,
+                  ax: Optional[Axes] = None, path: Optional[PathLike] = None) -> Figure:
     """Blend an attribution heat map over its image with Captum's ``visualize_image_attr``.
 
     Args:
@@ -72,13 +72,16 @@ def image_overlay(attribution, image, *, sign: str = "positive", method: str = "
             (it is rescaled to [0, 1] for display).
         sign: which scores to show, as in Captum: ``"positive"`` (attention rollout and flow
             are never negative), ``"absolute_value"``, ``"negative"`` or ``"all"``.
-        method: Captum's visualisation method (``"blended_heat_map"``, ``"heat_map"``,
+        method: Captum's visualization method (``"blended_heat_map"``, ``"heat_map"``,
             ``"masked_image"``, ``"alpha_scaling"``).
         show_original: add a panel with the plain image on the left (ignored with ``ax``).
         alpha_overlay, cmap, outlier_perc: passed to ``visualize_image_attr``; the default
             ``"inferno"`` keeps low scores dark, so bright image regions are not mistaken for
             high scores (``None``: Captum's default for ``sign``).
         title: title of the overlay panel.
+        colorbar: add a color bar to the overlay. Captum divides the scores by their
+            ``(100 - outlier_perc)``-th percentile and clips, so the bar runs over that scaled
+            score (0 to 1 for ``sign="positive"``), as labeled.
         ax: draw only the overlay into this axes.
         path: also save the figure there (PNG from the suffix).
 
@@ -88,8 +91,8 @@ def image_overlay(attribution, image, *, sign: str = "positive", method: str = "
     Example:
         >>> import torch
         >>> figure = image_overlay(torch.rand(4, 4), torch.rand(1, 16, 16))
-        >>> len(figure.axes)
-        2
+        >>> len(figure.axes)  # the image, the overlay and its color bar
+        3
     """
     image_hwc = _image_hwc(image)
     attribution_hw = _attribution_hw(attribution, image_hwc.shape[:2])
@@ -105,5 +108,16 @@ def image_overlay(attribution, image, *, sign: str = "positive", method: str = "
         attribution_hw[:, :, None], image_hwc, method=method, sign=sign, plt_fig_axis=(figure, axes[-1]),
         use_pyplot=False, alpha_overlay=alpha_overlay, cmap=cmap, outlier_perc=outlier_perc,
         title=title, show_colorbar=False)
+    if colorbar:
+        _add_colorbar(axes[-1], outlier_perc)
     save_figure(figure, path)
     return figure
+
+
+def _add_colorbar(ax: Axes, outlier_perc: float) -> None:
+    # The heat map is the last image Captum drew on the axes (the first is the photo).
+    heat_map = ax.get_images()[-1]
+    label = f"score / its {100 - outlier_perc:g}th percentile"
+    bar = ax.figure.colorbar(heat_map, ax=ax, shrink=0.8, pad=0.02, fraction=0.05)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=7)
