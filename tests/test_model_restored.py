@@ -234,7 +234,7 @@ def test_frozen_parameters_training_mode_and_grad_mode_are_kept():
     before = snapshot(model)
     with pytest.warns(UserWarning, match="training mode"):
         AttentionRollout(model).attribute(IDS)
-    with torch.no_grad():
+    with torch.no_grad(), pytest.warns(UserWarning, match="training mode"):
         AttentionFlow(model).attribute(IDS)
     assert_unchanged(model, before)
     assert model.training and not model.encoder.layer[0].attention.self.query.weight.requires_grad
