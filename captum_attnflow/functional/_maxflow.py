@@ -163,6 +163,17 @@ def scipy_max_flow(transitions: np.ndarray, sources: List[int], valid: Optional[
 # run, [3] problems whose change log overflowed (R restored in full), [4] blocking-flow steps
 # of later phases.
 
+def _log_change(log, logged, state, k, i, j, seq_len):
+    """Record residual entry ``(k, i, j)`` as changed, so the next problem resets only the
+    entries this one touched; returns the new count. A full log sets ``state[1]``: the whole
+    residual array is then reset instead."""
+    if logged < log.shape[0]:
+        log[logged] = (k * seq_len + i) * seq_len + j
+        return logged + 1
+    state[1] = 1
+    return logged
+
+
 def _first_phase(capacity, residual, log, state, alive, pointer, path, key, prefix, source, sink, tol, bound,
                  work):
     """Dinic's first phase (a blocking flow of the level graph) from zero flow.
@@ -258,12 +269,8 @@ def _first_phase(capacity, residual, log, state, alive, pointer, path, key, pref
                     if last_arc > tol:
                         amount = min(available, arc, last_arc)
                         for k, i, j, before in ((1, a, b, arc), (0, b, sink, last_arc)):
-                            if before == capacity[k, i, j]:  # first change of this entry: log it
-                                if logged < log.shape[0]:
-                                    log[logged] = (k * seq_len + i) * seq_len + j
-                                    logged += 1
-                                else:
-                                    state[1] = 1
+                            if before == capacity[k, i, j]:  # first change of this entry
+                                logged = _log_change(log, logged, state, k, i, j, seq_len)
                             residual[k, i, j] = before - amount
                         available -= amount
                         sent += amount
@@ -301,12 +308,8 @@ def _first_phase(capacity, residual, log, state, alive, pointer, path, key, pref
             value = key[d] - sent
             before = residual[k, i, j]
             if value != before:
-                if before == capacity[k, i, j]:  # first change of this entry: log it
-                    if logged < log.shape[0]:
-                        log[logged] = (k * seq_len + i) * seq_len + j
-                        logged += 1
-                    else:
-                        state[1] = 1
+                if before == capacity[k, i, j]:  # first change of this entry
+                    logged = _log_change(log, logged, state, k, i, j, seq_len)
                 residual[k, i, j] = value
         steps += depth - last
         depth = last
@@ -449,12 +452,8 @@ def _blocking_flow(capacity, residual, log, state, level, order, count, rank, al
                 tail_n, tail_a, arc = path_n[d], path_a[d], path_arc[d]
                 if arc < seq_len:
                     k, i, j = tail_n - 1, tail_a, arc
-                    if residual[k, i, j] == capacity[k, i, j]:  # first change of this entry: log it
-                        if logged < log.shape[0]:
-                            log[logged] = (k * seq_len + i) * seq_len + j
-                            logged += 1
-                        else:
-                            state[1] = 1
+                    if residual[k, i, j] == capacity[k, i, j]:  # first change of this entry
+                        logged = _log_change(log, logged, state, k, i, j, seq_len)
                     residual[k, i, j] -= amount
                     left = residual[k, i, j]
                 else:  # cancel flow on (tail_n + 1, b) -> (tail_n, tail_a)
@@ -670,7 +669,7 @@ def _workspace(num_layers: int, seq_len: int) -> tuple:
 
 if numba is not None:
     _jit = numba.njit(cache=True, nogil=True)
-    for _name in ("_first_phase", "_levels", "_level_range", "_blocking_flow", "_one_max_flow", "_cut_bound",
+    for _name in ("_log_change", "_first_phase", "_levels", "_level_range", "_blocking_flow", "_one_max_flow", "_cut_bound",
                   "_store_cut", "_solve_jobs"):
         globals()[_name] = _jit(globals()[_name])
     del _name
