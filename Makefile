@@ -18,7 +18,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: install demo test test-fast test-slow test-oldest bench reproduce tutorials figures lock clean
+.PHONY: install lint demo test test-fast test-slow test-oldest bench reproduce tutorials figures lock clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS) tools/install_torch.
 	$(PY) tools/install_torch.py $(TORCH_VERSION)
 	$(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test,model]"
 	touch $@
+
+# Static checks CI runs before the tests: ruff (config in pyproject.toml).
+lint: install
+	$(PY) -m ruff check .
 
 demo: install
 	$(PY) -m captum_attnflow.demo --out demo_output

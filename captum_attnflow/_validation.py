@@ -132,10 +132,10 @@ def check_attention_values(weights: torch.Tensor, where: str, *, allow_above_one
     skips the sum check (max/min-fused or already renormalized weights).
 
     Example:
-        >>> check_attention_values(torch.tensor([[0.5, 0.5], [2.0, -1.0]]), "layer 1")
+        >>> check_attention_values(torch.tensor([[0.5, 0.5], [2.0, -1.0]]), "layer 1")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        captum_attnflow.exceptions.InvalidInputError: layer 1: attention weights must be non-negative, got a minimum of -1; pass post-softmax probabilities.
+        captum_attnflow.exceptions.InvalidInputError: layer 1: attention weights must be non-negative, ...
     """
     detached = weights.detach()
     # One pass: NaN propagates to min and max.

@@ -411,12 +411,16 @@ def write_outputs(explanation: Explanation, model, tokenizer, out_dir: str, *, l
     written = [write_page(explanation, os.path.join(out_dir, "comparison.html"))]
     for index, tokens in enumerate(tqdm(explanation.tokens, desc="figures", unit="text", disable=not progress)):
         written.append(os.path.join(out_dir, f"methods_{index}.png"))
-        scores = {METHOD_TITLES[name]: values[index, : len(tokens)] for name, values in explanation.attributions.items()}
+        scores = {
+            METHOD_TITLES[name]: values[index, : len(tokens)] for name, values in explanation.attributions.items()
+        }
         viz.plot_method_comparison(scores, tokens, path=written[-1],
                                    title=f"text {index}: {explanation.output_name} = {explanation.outputs[index]:.3f}")
         if explanation.layer_maps:
             written.append(os.path.join(out_dir, f"layer_maps_{index}.png"))
-            maps = {METHOD_TITLES[name]: values[:, index, : len(tokens)] for name, values in explanation.layer_maps.items()}
+            maps = {
+                METHOD_TITLES[name]: values[:, index, : len(tokens)] for name, values in explanation.layer_maps.items()
+            }
             viz.plot_layer_maps(maps, tokens, path=written[-1], title=f"text {index}: {_explained_tokens(explanation)} "
                                 "after each layer")
         if len(tokens) <= viz.MAX_GRAPH_TOKENS:

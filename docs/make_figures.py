@@ -15,8 +15,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from captum_attnflow import AttentionFlow, AttentionRollout, capture_attention  # noqa: E402
-from captum_attnflow import cli  # noqa: E402
+from captum_attnflow import (  # noqa: E402
+    AttentionFlow,
+    AttentionRollout,
+    capture_attention,
+    cli,  # noqa: E402
+)
 from captum_attnflow import visualization as viz  # noqa: E402
 from captum_attnflow.visualization._common import new_figure, save_figure  # noqa: E402
 

@@ -197,7 +197,8 @@ def test_scores_feed_visualize_text(minilm, minilm_tokenizer, batch):
 
 @pytest.mark.parametrize("head_fusion_at_capture", [None, "mean"])
 @pytest.mark.parametrize("options", [dict(token_index="mean"), dict(token_index=0, layer=2),
-                                     dict(token_index="all", return_all_layers=True)], ids=["mean", "cls-layer2", "all"])
+                                     dict(token_index="all", return_all_layers=True)],
+                         ids=["mean", "cls-layer2", "all"])
 def test_classes_equal_the_functional_api_bit_for_bit(minilm, batch, head_fusion_at_capture, options):
     """One path: a class's result is the functional function's on the weights it captures."""
     from captum_attnflow import capture_attention

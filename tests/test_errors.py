@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import transformers as T
+from test_model_restored import PaddedEncoder, assert_unchanged, snapshot, tiny_bert, tiny_vit
 from torch import nn
 
 from captum_attnflow import (
@@ -23,7 +24,6 @@ from captum_attnflow import (
 )
 from captum_attnflow.capture import HuggingFaceAdapter
 from captum_attnflow.functional import _cost, _maxflow, attention_flow, attention_rollout, transition_matrices
-from test_model_restored import PaddedEncoder, assert_unchanged, snapshot, tiny_bert, tiny_vit
 
 FAMILY = {
     InvalidParameterError: ValueError,

@@ -25,6 +25,7 @@ from captum_attnflow.evaluation import (
 )
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
 
+
 def close(tensor, expected) -> bool:
     return np.allclose(np.asarray(tensor, dtype=np.float64), np.asarray(expected, dtype=np.float64))
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from references import networkx_flow
 
 from captum_attnflow.capture import capture_attention
 from captum_attnflow.exceptions import InvalidParameterError
 from captum_attnflow.functional import _cost, _maxflow
 from captum_attnflow.functional.flow import batched_flow_from_transitions, flow_from_transitions
 from captum_attnflow.functional.fusion import transition_matrices
-from references import networkx_flow
 
 pytestmark = pytest.mark.skipif("numba" not in _maxflow.FLOW_BACKENDS, reason="numba not installed")
 

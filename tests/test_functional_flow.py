@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from references import networkx_flow
 
 from captum_attnflow.functional import attention_flow, attention_rollout, transition_matrices
-from references import networkx_flow
 
 
 def random_attentions(num_layers, batch_size, heads, seq_len, seed=0):

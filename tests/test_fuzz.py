@@ -15,10 +15,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from test_model_restored import PaddedEncoder, assert_unchanged, snapshot, tiny_bert
 
 from captum_attnflow import AttentionFlow, AttentionRollout, AttnFlowError, RawAttention
 from captum_attnflow.functional import attention_flow, attention_rollout, transition_matrices
-from test_model_restored import PaddedEncoder, assert_unchanged, snapshot, tiny_bert
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

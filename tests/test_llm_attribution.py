@@ -9,7 +9,6 @@ with ``output_attentions=True`` and the functional API; teacher forcing means ta
 import copy
 
 import numpy as np
-
 import pytest
 import torch
 import transformers as T
@@ -314,8 +313,8 @@ def test_target_past_the_maximum_length(llama):
     (lambda e, i: e.attribute(i, target=3), InvalidInputTypeError, "str or a 1-D tensor"),
     (lambda e, i: e.attribute_batch([i, i], ["are"]), InvalidParameterError, "one per prompt"),
     (lambda e, i: e.attribute_batch(i, ["are"]), InvalidInputTypeError, "list"),
-], ids=["gen_args-with-target", "token_index", "return_all_layers", "attention_mask", "unknown-option", "flag", "string-input",
-        "empty-target", "float-target", "int-target", "targets-count", "not-a-list"])
+], ids=["gen_args-with-target", "token_index", "return_all_layers", "attention_mask", "unknown-option", "flag",
+        "string-input", "empty-target", "float-target", "int-target", "targets-count", "not-a-list"])
 def test_bad_arguments_get_documented_errors(llama, call, error, match):
     explainer = LLMAttentionAttribution(AttentionFlow(llama), TOKENIZER)
     with pytest.raises(error, match=match):
@@ -357,8 +356,9 @@ def test_evaluation_removal_metrics_equal_an_independent_computation(llama):
     target_ids = torch.tensor(TOKENIZER.encode("are on", add_special_tokens=False))
     # Token 0 ranks features 5 > 4 > 0 > ...; token 1 ranks 1 > 2 > ...
     scores = torch.tensor([[0.3, 0.0, 0.0, 0.0, 0.5, 0.9], [0.0, 0.8, 0.6, 0.1, 0.0, 0.0]])
-    evaluator = LLMAttributionEvaluator(llama, TOKENIZER, {"fixed": FixedScores(scores)}, metrics=("logprob_drop", "aopc"),
-                                        aopc_bins=(0.2, 0.5), random_baseline=False, progress=False)
+    evaluator = LLMAttributionEvaluator(llama, TOKENIZER, {"fixed": FixedScores(scores)},
+                                        metrics=("logprob_drop", "aopc"), aopc_bins=(0.2, 0.5),
+                                        random_baseline=False, progress=False)
     result = evaluator.evaluate([inp], targets=[target_ids])
 
     prompt_ids = inp.inp_tensor[0]

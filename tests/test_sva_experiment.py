@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from captum_attnflow.evaluation import per_example_spearman
 from captum_attnflow.experiments.sva.cli import build_parser, main
 from captum_attnflow.experiments.sva.data import (
     CLS,
@@ -21,7 +22,6 @@ from captum_attnflow.experiments.sva.data import (
     parse_line,
     split_examples,
 )
-from captum_attnflow.evaluation import per_example_spearman
 from captum_attnflow.experiments.sva.evaluate import BatchCorrelator, BatchScores, reference_keys
 from captum_attnflow.experiments.sva.model import SvaConfig, SvaTransformer
 from captum_attnflow.experiments.sva.protocol import AUTHORS_LOG, FACTORS, METHODS, PAPER, PROTOCOLS, configurations
@@ -280,7 +280,7 @@ def test_protocols_follow_the_factor_table():
 
 
 def test_variations_switch_exactly_one_factor():
-    for name, protocol in PROTOCOLS.items():
+    for _name, protocol in PROTOCOLS.items():
         configs = configurations(protocol)
         base = asdict(configs.pop("base"))
         cross = configs.pop("cross")

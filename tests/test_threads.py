@@ -5,9 +5,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from test_model_restored import PaddedEncoder, assert_unchanged, snapshot, tiny_bert
 
 from captum_attnflow import AttentionFlow, AttentionRollout, AttnFlowError, RawAttention
-from test_model_restored import PaddedEncoder, assert_unchanged, snapshot, tiny_bert
 
 WORKERS = 4
 

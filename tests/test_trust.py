@@ -14,6 +14,8 @@ import pytest
 import torch
 import transformers as T
 from captum.metrics import infidelity, sensitivity_max
+from references import networkx_flow
+from test_model_restored import PaddedEncoder, assert_unchanged, snapshot, tiny_bert, tiny_gpt2
 from torch import nn
 
 from captum_attnflow import (
@@ -27,8 +29,6 @@ from captum_attnflow import (
     capture_attention,
 )
 from captum_attnflow.functional import attention_flow, attention_rollout
-from references import networkx_flow
-from test_model_restored import PaddedEncoder, assert_unchanged, snapshot, tiny_bert, tiny_gpt2
 
 METHODS = (AttentionRollout, AttentionFlow, RawAttention)
 

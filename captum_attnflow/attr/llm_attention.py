@@ -283,7 +283,9 @@ class LLMAttentionAttribution(Attribution):
                 raise InvalidInputError(f"target token ids must be 1-D, got shape {tuple(target.shape)}.")
             ids = target.detach().cpu().long()
         else:
-            raise InvalidInputTypeError(f"target must be a str or a 1-D tensor of token ids, got {type(target).__name__}.")
+            raise InvalidInputTypeError(
+                f"target must be a str or a 1-D tensor of token ids, got {type(target).__name__}."
+            )
         if ids.numel() == 0:
             raise InvalidInputError("target has no tokens; pass at least one token to explain.")
         return ids

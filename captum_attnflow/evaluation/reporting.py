@@ -93,8 +93,8 @@ class EvaluationResult:
         Methods that returned every layer are drawn as curves of the mean over layers 1 to L,
         with a shaded band of ± one standard deviation over examples (labeled in the legend);
         single-output methods as horizontal dashed lines. Each panel with its legend, which sits
-        to the right of the data, is 7 × 3.5 inches (``700 × 350`` pixels at the default ``dpi=100``). Uses Matplotlib's Agg canvas
-        directly, so no display and no global ``pyplot`` state are touched.
+        to the right of the data, is 7 × 3.5 inches (``700 × 350`` pixels at the default ``dpi=100``).
+        Uses Matplotlib's Agg canvas directly, so no display and no global ``pyplot`` state are touched.
 
         Example:
             >>> import os, tempfile

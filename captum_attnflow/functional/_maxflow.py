@@ -669,8 +669,8 @@ def _workspace(num_layers: int, seq_len: int) -> tuple:
 
 if numba is not None:
     _jit = numba.njit(cache=True, nogil=True)
-    for _name in ("_log_change", "_first_phase", "_levels", "_level_range", "_blocking_flow", "_one_max_flow", "_cut_bound",
-                  "_store_cut", "_solve_jobs"):
+    for _name in ("_log_change", "_first_phase", "_levels", "_level_range", "_blocking_flow", "_one_max_flow",
+                  "_cut_bound", "_store_cut", "_solve_jobs"):
         globals()[_name] = _jit(globals()[_name])
     del _name
 

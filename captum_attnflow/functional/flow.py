@@ -17,11 +17,10 @@ import torch
 
 from captum_attnflow._validation import check_flag
 from captum_attnflow.exceptions import InvalidParameterError
-from captum_attnflow.functional import _maxflow
-from captum_attnflow.functional import _cost
+from captum_attnflow.functional import _cost, _maxflow
 from captum_attnflow.functional._cost import check_flow_budget, estimate_flow_cost
-from captum_attnflow.functional.causal import normalize_by_receptive_field
 from captum_attnflow.functional._problem import propagation_problem
+from captum_attnflow.functional.causal import normalize_by_receptive_field
 from captum_attnflow.functional.positions import (
     ExplainedPositions,
     TokenIndex,

@@ -5,8 +5,8 @@ from typing import List, Optional
 import torch
 
 from captum_attnflow._validation import check_flag
-from captum_attnflow.functional.causal import normalize_by_receptive_field
 from captum_attnflow.functional._problem import propagation_problem
+from captum_attnflow.functional.causal import normalize_by_receptive_field
 from captum_attnflow.functional.positions import (
     ExplainedPositions,
     TokenIndex,

@@ -5,8 +5,8 @@ from typing import Dict, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from matplotlib import colormaps
-from matplotlib.colors import Normalize
 from matplotlib.axes import Axes
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from captum_attnflow._validation import check_position

@@ -53,7 +53,7 @@ def per_layer_from_running_means(running: Tuple[float, ...]) -> Tuple[float, ...
         >>> [round(v, 6) for v in per_layer_from_running_means((0.5, 0.25, 0.5))]
         [0.5, 0.0, 1.0]
     """
-    return tuple(running[0] if l == 0 else (l + 1) * running[l] - l * running[l - 1] for l in range(len(running)))
+    return tuple(running[0] if l == 0 else (l + 1) * running[l] - l * running[l - 1] for l in range(len(running)))  # noqa: E741 (l = layer, as in the paper)
 
 
 #: The authors' per-layer values recovered from their log (compare with :data:`PAPER`).

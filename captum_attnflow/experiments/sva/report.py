@@ -221,7 +221,7 @@ def _authors_log_section() -> str:
              "validation examples. Its cell 10 keeps appending to the same lists across layers, so it prints "
              "running means; undoing them (x_l = l·m_l − (l−1)·m_{l−1}) recovers per-layer values that match the "
              "paper's tables, which identifies this code as the protocol behind them:", "",
-             "| reference | method | source | " + " | ".join(f"L{l}" for l in range(1, 7)) + " |",
+             "| reference | method | source | " + " | ".join(f"L{layer}" for layer in range(1, 7)) + " |",
              "|---|---|---|" + "---|" * 6]
     for reference in PAPER:
         for method in ("rollout", "flow", "raw"):
@@ -229,8 +229,8 @@ def _authors_log_section() -> str:
             gap = max(abs(a - b) for a, b in zip(logged, PAPER[reference][method]))
             lines.append(f"| {reference.replace('_', ' ')} | {method} | authors' log | "
                          + " | ".join(f"{v:.2f}" for v in logged) + " |")
-            lines.append(f"| | | paper (max gap {gap:.2f}) | " + " | ".join(f"{v:.2f}" for v in PAPER[reference][method])
-                         + " |")
+            paper_cells = " | ".join(f"{v:.2f}" for v in PAPER[reference][method])
+            lines.append(f"| | | paper (max gap {gap:.2f}) | " + paper_cells + " |")
     gaps = {reference: max(abs(a - b) for method in METHODS
                            for a, b in zip(AUTHORS_LOG[reference][method], PAPER[reference][method]))
             for reference in PAPER}
@@ -251,7 +251,8 @@ def _results_section(rows: Sequence[dict], protocol: str, runs: Sequence[RunData
              "Cells: mean [95 % CI]."]
     for reference in REFERENCES:
         lines += ["", f"### {REFERENCE_TITLES[reference]}", "",
-                  "| method | ranked | " + " | ".join(f"L{l}" for l in range(1, 7)) + " |", "|---|---|" + "---|" * 6]
+                  "| method | ranked | " + " | ".join(f"L{layer}" for layer in range(1, 7)) + " |",
+                  "|---|---|" + "---|" * 6]
         for method in ("rollout", "flow", "raw"):
             for variant in CLS_VARIANTS:
                 cells = [table.get((protocol, variant, reference, method, layer)) for layer in range(1, 7)]
@@ -265,7 +266,7 @@ def _results_section(rows: Sequence[dict], protocol: str, runs: Sequence[RunData
 
 def _gap_section(rows: Sequence[dict], protocols: Sequence[str]) -> str:
     lines = ["## Distance to the paper (rollout and flow, layers 3–6, `[CLS]` ranked)", "",
-             "| protocol | reference | method | " + " | ".join(f"L{l}" for l in tables.LATE_LAYERS) + " |",
+             "| protocol | reference | method | " + " | ".join(f"L{layer}" for layer in tables.LATE_LAYERS) + " |",
              "|---|---|---|" + "---|" * len(tables.LATE_LAYERS)]
     for protocol in protocols:
         gaps = {(r["reference"], r["method"], r["layer"]): r for r in tables.gap_rows(rows, protocol)}

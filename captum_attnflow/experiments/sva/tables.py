@@ -262,7 +262,7 @@ def _paper_holds(reference: str, finding: Finding) -> bool:
 def gap_rows(rows: Sequence[dict], protocol: str = "authors", variant: str = "with_cls") -> List[dict]:
     """Ours − paper for every paper cell of one protocol (pooled over seeds)."""
     result = []
-    for key, row in lookup(rows, protocol=protocol, cls_variant=variant, seed="all").items():
+    for _key, row in lookup(rows, protocol=protocol, cls_variant=variant, seed="all").items():
         if row["paper"] is None:
             continue
         result.append({**row, "gap": row["mean"] - row["paper"],
