@@ -98,15 +98,44 @@ def vit_figure(out: Path, n_images: int = 5) -> None:
     save_figure(figure, out / "vit_overlay.png")
 
 
+def target_aware_figure(out: Path, example: int = 0) -> None:
+    """target_aware.png: one digit explained for two classes by attention rollout (class-agnostic),
+    Chefer et al.'s gradient-weighted relevance and vit-explain's grad rollout (docs/target_aware.md)."""
+    model, images, labels, test = train_tiny_vit()
+    pixels = images[test[example:example + 1]]
+    with torch.no_grad():
+        probabilities = model(pixel_values=pixels).logits.softmax(-1)[0]
+    targets = probabilities.argsort(descending=True)[:2].tolist()  # the predicted class and the runner-up
+    rollout = AttentionRollout(model)
+    methods = {"attention rollout\n(same for every target)": dict(edge_weights="attention"),
+               "gradient (Chefer et al.)": dict(edge_weights="gradient"),
+               "grad_rollout (vit-explain)": dict(edge_weights="grad_rollout")}
+    figure, axes = new_figure((2.1 * (len(methods) + 1), 4.8), ncols=len(methods) + 1, nrows=2)
+    for row, target in enumerate(targets):
+        axes[row, 0].imshow(pixels[0, 0], cmap="gray")
+        axes[row, 0].set_title(f"target = {target} (p = {probabilities[target]:.2f})")
+        axes[row, 0].axis("off")
+        for column, (name, options) in enumerate(methods.items(), start=1):
+            scores = rollout.attribute(pixels, target=target, **options)
+            viz.image_overlay(scores[0], pixels[0], ax=axes[row, column], title=name)
+    figure.suptitle(f"Tiny ViT, a test digit {labels[test[example]].item()}: [CLS] explained for two targets")
+    save_figure(figure, out / "target_aware.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "figures")
     parser.add_argument("--skip-vit", action="store_true", help="only the MiniLM figures")
+    parser.add_argument("--only-target-aware", action="store_true", help="only target_aware.png")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.only_target_aware:
+        target_aware_figure(args.out)
+        return
     text_figures(args.out)
     if not args.skip_vit:
         vit_figure(args.out)
+        target_aware_figure(args.out)
     for path in sorted(args.out.glob("*.png")):
         print(path)
 
