@@ -10,8 +10,9 @@ from captum.attr import Attribution, LLMAttributionResult, TextTemplateInput, Te
 from captum.log import log_usage
 from torch import nn
 
+from captum_attnflow._compat import pretty_tokens
 from captum_attnflow._validation import check_flag
-from captum_attnflow.attr._llm_inputs import pretty_tokens, template_value_spans, tokens_to_values
+from captum_attnflow.attr._llm_inputs import template_value_spans, tokens_to_values
 from captum_attnflow.attr.attention_flow import AttentionFlow
 from captum_attnflow.attr.attention_rollout import AttentionRollout
 from captum_attnflow.attr.raw_attention import RawAttention

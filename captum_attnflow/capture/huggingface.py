@@ -22,6 +22,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from captum_attnflow._compat import (
+    attn_implementation,
+    output_recorders,
+    restore_attn_implementation,
+    saved_attn_implementation,
+    set_attn_implementation,
+)
 from captum_attnflow._validation import check_attention_mask
 from captum_attnflow.capture.base import AttentionAdapter, CaptureSession, register_adapter
 from captum_attnflow.exceptions import AttentionCaptureError, InvalidInputError, InvalidInputTypeError
@@ -39,7 +46,7 @@ def _pretrained_models(model: nn.Module) -> List[nn.Module]:
 
 def _attention_specs(pretrained: nn.Module) -> List[Tuple[Any, int, Optional[str], Optional[str]]]:
     """``(target_class, index, layer_name, class_name)`` for each declared attention recorder."""
-    specs = getattr(pretrained, "_can_record_outputs", None) or {}
+    specs = output_recorders(pretrained)
     declared = specs.get("attentions")
     if declared is None:
         return []
@@ -82,11 +89,11 @@ def _all_configs(model: nn.Module) -> List[Any]:
 
 def _switch_to_eager(pretrained: nn.Module) -> None:
     try:
-        pretrained.set_attn_implementation("eager")
+        set_attn_implementation(pretrained, "eager")
     except (ValueError, ImportError, NotImplementedError, AttributeError, RuntimeError) as error:
         raise AttentionCaptureError(
             f"{type(pretrained).__name__} uses attn_implementation="
-            f"{pretrained.config._attn_implementation!r}, whose fused kernel returns no attention weights, "
+            f"{attn_implementation(pretrained.config)!r}, whose fused kernel returns no attention weights, "
             f"and it cannot be switched to eager attention ({error}). Load the model with "
             "attn_implementation='eager', or pass attention_fn=... returning the weights.") from error
 
@@ -95,15 +102,15 @@ def _switch_to_eager(pretrained: nn.Module) -> None:
 def eager_attention(model: nn.Module):
     """Switch every PreTrainedModel inside ``model`` to eager attention; restore exactly after."""
     configs = _all_configs(model)
-    saved = [(config, config.__dict__.get("_attn_implementation_internal")) for config in configs]
+    saved = [(config, saved_attn_implementation(config)) for config in configs]
     try:
         for pretrained in _pretrained_models(model):
-            if pretrained.config._attn_implementation != "eager":
+            if attn_implementation(pretrained.config) != "eager":
                 _switch_to_eager(pretrained)
         yield
     finally:
         for config, value in saved:
-            config._attn_implementation_internal = value
+            restore_attn_implementation(config, value)
 
 
 def _takes_output_attentions(module: nn.Module) -> bool:
