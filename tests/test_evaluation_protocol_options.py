@@ -250,7 +250,7 @@ def test_reduce_output_positions_by_hand_with_layers():
     mask = torch.tensor([[True, True, False]])
     assert close(reduce_output_positions(rows, "max", output_mask=mask), [[[0.6, 0.5, 0.3]]])
     assert close(reduce_output_positions(rows, "mean", output_mask=mask), [[[0.4, 0.3, 0.3]]])
-    assert close(reduce_output_positions(rows, "row", row=1), [[[0.6, 0.1, 0.3]]])
+    assert close(reduce_output_positions(rows, "row", token_index=1), [[[0.6, 0.1, 0.3]]])
     with pytest.raises(InvalidParameterError):
         reduce_output_positions(rows, "median")
     with pytest.raises(InvalidInputError):
@@ -284,7 +284,7 @@ def test_output_positions_relevance_uses_only_real_rows(padding):
         assert torch.allclose(scores[b], real_rows.max(dim=0).values)
     mean = OutputPositionsRelevance(fake, "mean").attribute(ids, additional_forward_args=(mask,))
     assert torch.allclose(mean[1], matrix[1, mask[1].bool()].mean(dim=0))
-    row = OutputPositionsRelevance(fake, "row", row=2).attribute(ids, additional_forward_args=(mask,))
+    row = OutputPositionsRelevance(fake, "row", token_index=2).attribute(ids, additional_forward_args=(mask,))
     assert torch.allclose(row, matrix[:, 2])
     with pytest.raises(InvalidParameterError, match="token_index"):
         OutputPositionsRelevance(fake, "max").attribute(ids, token_index=1)
