@@ -17,12 +17,15 @@ Captum (0.8+): ``captum.attr._core.llm_attr._convert_ids_to_pretty_tokens``, the
 tokens Captum's LLM classes show, see :func:`pretty_tokens`.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
 from torch import nn
 
 from captum_attnflow.exceptions import AttentionCaptureError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def output_recorders(pretrained: nn.Module) -> Dict[str, Any]:
@@ -59,7 +62,7 @@ def restore_attn_implementation(config: Any, saved: Optional[str]) -> None:
     config._attn_implementation_internal = saved
 
 
-def set_attn_implementation(pretrained: nn.Module, implementation: str) -> None:
+def set_attn_implementation(pretrained: "PreTrainedModel", implementation: str) -> None:
     """Switch a model (and its sub-models) to ``implementation``; transformers checks it is available."""
     pretrained.set_attn_implementation(implementation)
 

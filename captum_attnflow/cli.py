@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -193,9 +193,9 @@ def load_model(path: Optional[str]):
 
 def model_max_length(model, tokenizer) -> int:
     """The longest input the model takes: its position table, capped by the tokenizer's limit."""
-    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    declared = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     # Tokenizers without a limit report a huge sentinel (~1e30); configs may lack the field.
-    limits = [int(limit) for limit in limits if isinstance(limit, int) and 0 < limit < 1_000_000]
+    limits = [int(limit) for limit in declared if isinstance(limit, int) and 0 < limit < 1_000_000]
     return min(limits) if limits else 512
 
 
@@ -323,7 +323,7 @@ def explain(texts: Sequence[str], model, tokenizer, *, methods: Sequence[str] = 
     forward = scalar_output(model, query_embedding, pooling)
     token_index = "mean" if pooling == "mean" else 0
     attention_classes = {"raw": RawAttention, "rollout": AttentionRollout, "flow": AttentionFlow}
-    options = {"raw": dict(head_fusion=head_fusion)}
+    options: Dict[str, Dict[str, Any]] = {"raw": dict(head_fusion=head_fusion)}
     options["rollout"] = options["flow"] = dict(head_fusion=head_fusion, residual_weight=residual_weight)
 
     attributions, layer_maps = {}, {}

@@ -26,7 +26,9 @@ def template_value_spans(inp: TextTemplateInput) -> Tuple[str, List[List[Tuple[i
     """
     markers = [f"\ue000{index}\ue001" for index in range(len(inp.values))]
     skeleton = inp.format_fn(**dict(zip(inp.dict_keys, markers))) if inp.dict_keys else inp.format_fn(*markers)
-    pieces, spans, cursor, length = [], [[] for _ in inp.values], 0, 0
+    pieces: List[str] = []
+    spans: List[List[Tuple[int, int]]] = [[] for _ in inp.values]
+    cursor, length = 0, 0
     for match in _MARKER.finditer(skeleton):
         literal = skeleton[cursor:match.start()]
         value = inp.values[int(match.group(1))]

@@ -40,7 +40,7 @@ POSITIONAL_SLOTS = ("attention_mask", "token_type_ids", "position_ids", "labels"
                     "interpolate_pos_encoding")
 
 
-def _pretrained_models(model: nn.Module) -> List[nn.Module]:
+def _pretrained_models(model: nn.Module) -> List[PreTrainedModel]:
     return [m for m in model.modules() if isinstance(m, PreTrainedModel)]
 
 
@@ -51,7 +51,7 @@ def _attention_specs(pretrained: nn.Module) -> List[Tuple[Any, int, Optional[str
     if declared is None:
         return []
     declared = declared if isinstance(declared, list) else [declared]
-    parsed = []
+    parsed: List[Tuple[Any, int, Optional[str], Optional[str]]] = []
     for spec in declared:
         if isinstance(spec, str):
             parsed.append((None, 1, None, spec))
@@ -87,7 +87,7 @@ def _all_configs(model: nn.Module) -> List[Any]:
     return list(seen.values())
 
 
-def _switch_to_eager(pretrained: nn.Module) -> None:
+def _switch_to_eager(pretrained: PreTrainedModel) -> None:
     try:
         set_attn_implementation(pretrained, "eager")
     except (ValueError, ImportError, NotImplementedError, AttributeError, RuntimeError) as error:
@@ -157,7 +157,7 @@ def _unwrapped(forward_func) -> Any:
     return module
 
 
-def _encoder_of(pretrained: nn.Module) -> Optional[nn.Module]:
+def _encoder_of(pretrained: PreTrainedModel) -> Optional[nn.Module]:
     """The encoder stack of an encoder-decoder model, else None."""
     if getattr(pretrained.config, "is_encoder_decoder", False) and hasattr(pretrained, "get_encoder"):
         encoder = pretrained.get_encoder()
@@ -171,6 +171,7 @@ class HuggingFaceAdapter(AttentionAdapter):
 
     name = "huggingface"
     observes_padding_mask = True
+    model: nn.Module  # adapters found by supports(model) always have one
     #: Recorders whose modules are the self-attention of one stack (cross-attention is skipped).
     attention_key = "attentions"
 
@@ -180,7 +181,7 @@ class HuggingFaceAdapter(AttentionAdapter):
         return any(_attention_specs(m) for m in pretrained_models) or any(
             _legacy_attention_modules(m) for m in pretrained_models[:1])
 
-    def _owner(self) -> nn.Module:
+    def _owner(self) -> PreTrainedModel:
         """The outermost PreTrainedModel that declares attention recorders (else the outermost).
 
         Found once per adapter: walking every module on each call costs more than a small

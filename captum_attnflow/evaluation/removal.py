@@ -3,7 +3,7 @@ paper's blank-out reference (one token at a time) and ERASER's AOPC comprehensiv
 sufficiency (the top-scored tokens, or all but them)."""
 
 from numbers import Integral
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import torch
@@ -113,12 +113,21 @@ class BlankOut(Attribution):
         if any(isinstance(i, bool) or not isinstance(i, Integral) for i in unscored_token_ids):
             raise InvalidParameterError(f"unscored_token_ids must be ints, got {tuple(unscored_token_ids)!r}.")
         super().__init__(probability_forward(forward_func, output_type))
-        self.unk_token_id = int(unk_token_id)
+        self.unk_token_id: int = int(unk_token_id)
         self.output_type = output_type
-        self.unscored_token_ids = tuple(int(i) for i in unscored_token_ids)
+        self.unscored_token_ids: Tuple[int, ...] = tuple(int(i) for i in unscored_token_ids)
 
+    @overload
     def attribute(self, inputs: torch.Tensor, target=None, additional_forward_args=None, *,
-                  perturbations_per_eval: int = 1, show_progress: bool = False) -> torch.Tensor:
+                  perturbations_per_eval: int = 1, show_progress: bool = False) -> torch.Tensor: ...
+
+    @overload
+    def attribute(self, inputs: Tuple[torch.Tensor], target=None, additional_forward_args=None, *,
+                  perturbations_per_eval: int = 1, show_progress: bool = False) -> Tuple[torch.Tensor]: ...
+
+    def attribute(self, inputs: Union[torch.Tensor, Tuple[torch.Tensor]], target=None, additional_forward_args=None,
+                  *, perturbations_per_eval: int = 1,
+                  show_progress: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor]]:
         r"""
         Args:
             inputs (Tensor): token ids ``(B, S)`` (or a 1-tuple of it; the result is then a 1-tuple).
@@ -261,7 +270,8 @@ def aopc_scores(forward_func: Callable, input_ids: torch.Tensor, attributions: t
     target = _resolve_target(prob_forward, input_ids, args, target)
     full = _class_probability(prob_forward, input_ids, args, target)
     num_eligible = eligible.sum(dim=1)
-    comprehensiveness, sufficiency = [], []
+    comprehensiveness: List[torch.Tensor] = []
+    sufficiency: List[torch.Tensor] = []
     for fraction in bins:
         top = top_k_mask(attributions, eligible, top_k_counts(num_eligible, fraction))
         for removed, totals in ((top, comprehensiveness), (eligible & ~top, sufficiency)):
