@@ -21,6 +21,7 @@ import torch
 from captum.attr import Attribution, FeatureAblation
 from scipy.stats import rankdata
 
+from captum_attnflow._args import format_forward_args
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
 
 #: ERASER's default AOPC bins (fractions of the eligible tokens).
@@ -410,12 +411,6 @@ def _resolve_target(prob_forward: Callable, input_ids, additional_forward_args, 
     return target
 
 
-def _as_arg_tuple(additional_forward_args) -> tuple:
-    if additional_forward_args is None:
-        return ()
-    return additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,)
-
-
 # --------------------------------------------------------------------------- blank-out
 
 
@@ -476,7 +471,7 @@ class BlankOut(Attribution):
         # Like Captum's methods: a 1-tuple in (as sensitivity_max passes), a 1-tuple out.
         is_tuple = isinstance(inputs, tuple) and len(inputs) == 1
         inputs = _check_ids(inputs[0] if is_tuple else inputs)
-        args = _as_arg_tuple(additional_forward_args)
+        args = format_forward_args(additional_forward_args)
         target = _resolve_target(self.forward_func, inputs, args, target)
         ablation = FeatureAblation(self.forward_func)
         with torch.no_grad():
@@ -591,7 +586,7 @@ def aopc_scores(forward_func: Callable, input_ids: torch.Tensor, attributions: t
     if removal not in REMOVALS:
         raise InvalidParameterError(f"removal={removal!r} is not supported; use one of {REMOVALS}.")
     bins = _check_bins(bins)
-    args = _as_arg_tuple(additional_forward_args)
+    args = format_forward_args(additional_forward_args)
     if removal == "mask" and not (args and isinstance(args[0], torch.Tensor) and args[0].shape == input_ids.shape):
         raise InvalidInputError("removal='mask' needs the (B, S) attention mask as additional_forward_args[0].")
     if eligible is None:
