@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from captum_attnflow._args import format_forward_args
 from captum_attnflow.capture.base import (
     AttentionAdapter,
     CapturedAttention,
@@ -46,7 +47,6 @@ from captum_attnflow.capture.base import (
     _stack_counter,
     _warn_if_training,
     find_adapter,
-    format_forward_args,
     model_lock,
     resolve_model,
 )
