@@ -17,7 +17,7 @@ import contextlib
 import threading
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 import torch
 from torch import nn
@@ -88,7 +88,8 @@ def _declared(stack: nn.Module, key: str) -> List[Tuple[Any, int, Optional[str],
     for owner in owners:
         declared = (getattr(owner, "_can_record_outputs", None) or {}).get(key)
         if declared is not None:
-            return _attention_specs(SimpleNamespace(_can_record_outputs={"attentions": declared}))
+            # The adapter's parser reads the "attentions" entry of an object's _can_record_outputs.
+            return _attention_specs(cast(nn.Module, SimpleNamespace(_can_record_outputs={"attentions": declared})))
     return []
 
 

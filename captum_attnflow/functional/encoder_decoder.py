@@ -212,13 +212,13 @@ def _with_residual(fused: torch.Tensor, residual_weight: float, mask: torch.Tens
 def chefer_normalization(relevance: torch.Tensor) -> torch.Tensor:
     """Eqs. 8–9 of Chefer et al.: ``R̄ = I + rownorm(R − I)`` (``handle_residual``, DETR lines 46–53).
 
-    Rows where ``R − I`` sums to 0 (nothing was added: padding) keep ``R̄ = I``, where their
-    code writes NaN and later zeroes it (line 42).
+    Rows where ``R − I`` sums to 0 (nothing was added: padded positions) keep ``R̄ = I``;
+    their code would divide by zero there (DETR has no padding).
 
     Example:
         >>> chefer_normalization(torch.tensor([[3.0, 2.0], [0.0, 1.0]]))
-        tensor([[2., 1.],
-                [0., 1.]])
+        tensor([[1.5000, 0.5000],
+                [0.0000, 1.0000]])
     """
     identity = torch.eye(relevance.shape[-1], dtype=relevance.dtype, device=relevance.device)
     return _normalize_rows(relevance - identity) + identity
@@ -257,8 +257,7 @@ def chefer_relevance(attentions: EncoderDecoderAttentions, *, head_fusion: str =
     """
     check_flag("transpose_query_relevance", transpose_query_relevance)
     chefer_residual = residual_weight is None
-    if not chefer_residual:
-        residual_weight = check_fraction("residual_weight", residual_weight)
+    weight = 0.0 if residual_weight is None else check_fraction("residual_weight", residual_weight)
     if normalize_self is None:
         normalize_self = chefer_residual
     check_flag("normalize_self", normalize_self)
@@ -276,8 +275,8 @@ def chefer_relevance(attentions: EncoderDecoderAttentions, *, head_fusion: str =
         encoder_steps = eye_s + encoder.to(dtype)
         decoder_steps = eye_t + decoder.to(dtype)
     else:
-        encoder_steps = _with_residual(encoder.to(dtype), residual_weight, source_mask)
-        decoder_steps = _with_residual(decoder.to(dtype), residual_weight, target_mask)
+        encoder_steps = _with_residual(encoder.to(dtype), weight, source_mask)
+        decoder_steps = _with_residual(decoder.to(dtype), weight, target_mask)
 
     r_ss = eye_s.clone()
     for step in encoder_steps:  # R_ss += Ā·R_ss  (or R_ss ← Â·R_ss)
@@ -408,7 +407,7 @@ def encoder_decoder_flow(attentions: EncoderDecoderAttentions, *, head_fusion: s
     valid = torch.cat([source_mask, target_mask], dim=1).cpu().numpy()
     examples = np.repeat(np.arange(batch), target)
     outputs = np.tile(source + np.arange(target), batch)
-    flows = _maxflow.max_flows_for_tasks(layered, examples, outputs, valid=valid, backend=backend,
+    flows = _maxflow.max_flows_for_tasks(layered, examples.tolist(), outputs.tolist(), valid=valid, backend=backend,
                                          show_progress=show_progress)
     flows = flows.reshape(batch, target, source + target)
     flows[~target_mask.cpu().numpy()] = 0.0  # padded outputs explain nothing
