@@ -356,3 +356,15 @@ def test_the_model_is_restored_when_its_forward_pass_raises():
     # and it still captures afterwards
     assert capture_encoder_decoder_attention(model, torch.tensor([[1, 4, 2]]), torch.tensor([[2, 5]])).cross.shape[
         -2:] == (2, 3)
+
+
+def test_the_docs_page_examples_run():
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "encoder_decoder.md").read_text(encoding="utf-8")
+    namespace: dict = {}
+    exec(compile("\n".join(re.findall(r"```python\n(.*?)```", page, re.S)), "encoder_decoder.md", "exec"), namespace)
+    assert namespace["flow"].output_tokens == ["le", "chat", "est", "assis"]
+    torch.testing.assert_close(namespace["flow"].token_attr.sum(-1), torch.ones(4, dtype=torch.float64))
+    assert tuple(namespace["source_flow"].shape) == (1, 3, 4)
