@@ -14,13 +14,13 @@ import transformers as tf
 from captum.attr import LLMAttributionResult
 
 from captum_attnflow import Seq2SeqAttentionAttribution, capture_encoder_decoder_attention
-from captum_attnflow.attr.llm_attention import word_level_tokenizer
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError, UnsupportedModelError
 from captum_attnflow.functional.encoder_decoder import (
     EncoderDecoderAttentions,
     chefer_relevance,
     encoder_decoder_flow,
 )
+from captum_attnflow.toy import word_level_tokenizer
 
 WORDS = "the cat sat on mat le chat est assis sur tapis".split()
 TOKENIZER = word_level_tokenizer(WORDS)

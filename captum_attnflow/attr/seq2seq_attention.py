@@ -11,7 +11,8 @@ from captum.log import log_usage
 from torch import nn
 
 from captum_attnflow._validation import check_choice, check_flag
-from captum_attnflow.attr.llm_attention import DEFAULT_GEN_ARGS, end_of_text_ids, pad_token_id, pretty_tokens
+from captum_attnflow.attr._llm_inputs import pretty_tokens
+from captum_attnflow.capture.llm import DEFAULT_GEN_ARGS, _until_end_of_text, end_of_text_ids, pad_token_id
 from captum_attnflow.capture.seq2seq import capture_encoder_decoder_attention, check_encoder_decoder
 from captum_attnflow.exceptions import InvalidInputError, InvalidInputTypeError, InvalidParameterError
 from captum_attnflow.functional.encoder_decoder import chefer_relevance, encoder_decoder_flow, normalized_rows
@@ -89,7 +90,7 @@ class Seq2SeqAttentionAttribution(Attribution):
         >>> import torch
         >>> from transformers import BartConfig, BartForConditionalGeneration
         >>> from captum_attnflow import Seq2SeqAttentionAttribution
-        >>> from captum_attnflow.attr.llm_attention import word_level_tokenizer
+        >>> from captum_attnflow.toy import word_level_tokenizer
         >>> tokenizer = word_level_tokenizer("the cat sat le chat assis".split())
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <torch._C.Generator object at ...>
@@ -275,8 +276,7 @@ class Seq2SeqAttentionAttribution(Attribution):
         targets = []
         for row in output:
             tokens = row[1:] if int(row[0]) == self._start_id() else row  # generate() starts with the start token
-            ends = [i for i, token in enumerate(tokens.tolist()) if token in end_ids]
-            tokens = tokens[:ends[0] + 1] if ends else tokens
+            tokens = _until_end_of_text(tokens, end_ids)
             if tokens.numel() == 0:
                 raise InvalidInputError("the model generated no token to explain; pass a target.")
             targets.append(tokens)
