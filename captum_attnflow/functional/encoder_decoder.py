@@ -33,7 +33,9 @@ hila-chefer/Transformer-MM-Explainability, commit 58eaea8, ``DETR/modules/Explan
   positions, which its prediction never saw. So the default multiplies by ``R̄^{qq}`` itself
   (row ``t`` gathers the cross-attention of the positions ``t`` reads); the literal
   transposed rule is available as ``transpose_query_relevance=True``. The companion update
-  ``R^{qq} += C̄·R^{sq}`` vanishes (the encoder never reads the decoder: ``R^{sq} = 0``).
+  ``R^{qq} += C̄·R^{sq}`` of the bi-modal rule (``lxmert/lxmert/src/ExplanationGenerator.py``,
+  ``apply_mm_attention_rules``, lines 32–43: line 41; the same transpose on line 38) vanishes
+  here: the encoder never reads the decoder, so ``R^{sq} = 0``.
 
 Default variant, and why: raw attention (no gradients: the library explains attention
 without a backward pass), ``head_fusion="mean"`` (their ``avg_heads``), Chefer's additive
