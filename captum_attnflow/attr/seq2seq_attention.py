@@ -10,8 +10,8 @@ from captum.attr import Attribution, LLMAttributionResult, TextTokenInput
 from captum.log import log_usage
 from torch import nn
 
+from captum_attnflow._compat import pretty_tokens
 from captum_attnflow._validation import check_choice, check_flag
-from captum_attnflow.attr._llm_inputs import pretty_tokens
 from captum_attnflow.capture.llm import DEFAULT_GEN_ARGS, _until_end_of_text, end_of_text_ids, pad_token_id
 from captum_attnflow.capture.seq2seq import capture_encoder_decoder_attention, check_encoder_decoder
 from captum_attnflow.exceptions import InvalidInputError, InvalidInputTypeError, InvalidParameterError

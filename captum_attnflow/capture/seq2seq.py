@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from captum_attnflow._compat import output_recorders
 from captum_attnflow._validation import (
     check_attention_mask,
     check_attention_values,
@@ -86,7 +87,7 @@ def _declared(stack: nn.Module, key: str) -> List[Tuple[Any, int, Optional[str],
     """Recorder specs of ``stack`` (or of the model it belongs to) for ``key``."""
     owners = [stack] + [m for m in stack.modules() if isinstance(m, PreTrainedModel) and m is not stack]
     for owner in owners:
-        declared = (getattr(owner, "_can_record_outputs", None) or {}).get(key)
+        declared = output_recorders(owner).get(key)
         if declared is not None:
             # The adapter's parser reads the "attentions" entry of an object's _can_record_outputs.
             return _attention_specs(cast(nn.Module, SimpleNamespace(_can_record_outputs={"attentions": declared})))
