@@ -269,9 +269,9 @@ def load_model(path: Optional[str], *, online: bool = False):
 
 def model_max_length(model, tokenizer) -> int:
     """The longest input the model takes: its position table, capped by the tokenizer's limit."""
-    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    candidates = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     # Tokenizers without a limit report a huge sentinel (~1e30); configs may lack the field.
-    limits = [int(limit) for limit in limits if isinstance(limit, int) and 0 < limit < 1_000_000]
+    limits = [int(limit) for limit in candidates if isinstance(limit, int) and 0 < limit < 1_000_000]
     return min(limits) if limits else 512
 
 

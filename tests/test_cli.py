@@ -422,3 +422,11 @@ def test_max_length_reports_the_tokens_really_explained(minilm, minilm_tokenizer
     assert explanation.attributions["rollout"].shape == (1, 3)
     assert explanation.notes == ["text 0 has 5 tokens; explained are its first 3 (the model's maximum or "
                                  "--max-length)"]
+
+
+def test_last_pooling_takes_each_texts_last_real_token():
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float).reshape(2, 4, 1)
+    right_padded = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    left_padded = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])
+    assert cli.pool(hidden, right_padded, "last")[:, 0].tolist() == [2.0, 7.0]
+    assert cli.pool(hidden, left_padded, "last")[:, 0].tolist() == [3.0, 7.0]
