@@ -143,15 +143,15 @@ def test_bootstrap_interval_contains_the_mean_and_shrinks_with_more_examples():
 
 
 def test_bootstrap_draws_are_cached_without_changing_any_result():
-    from captum_attnflow.evaluation import metrics
+    from captum_attnflow.evaluation import statistics
 
     table = np.random.default_rng(4).normal(size=(2, 3, 25))
-    metrics._cached_bootstrap_weights.cache_clear()
+    statistics._cached_bootstrap_weights.cache_clear()
     first = bootstrap_mean_cis(table, n_resamples=300, seed=5)
     again = bootstrap_mean_cis(table, n_resamples=300, seed=5)  # drawn from the cache
-    assert metrics._cached_bootstrap_weights.cache_info().hits >= 1
-    fresh = metrics._draw_bootstrap_weights(3, 25, 300, 5)
-    cached = metrics._bootstrap_weights(3, 25, 300, 5)
+    assert statistics._cached_bootstrap_weights.cache_info().hits >= 1
+    fresh = statistics._draw_bootstrap_weights(3, 25, 300, 5)
+    cached = statistics._bootstrap_weights(3, 25, 300, 5)
     assert all(np.array_equal(a, b) for a, b in zip(fresh, cached))
     assert not cached[1].flags.writeable  # shared draws cannot be changed by a caller
     np.testing.assert_array_equal(first, again)
