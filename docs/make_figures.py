@@ -107,13 +107,13 @@ def target_aware_figure(out: Path, example: int = 0) -> None:
         probabilities = model(pixel_values=pixels).logits.softmax(-1)[0]
     targets = probabilities.argsort(descending=True)[:2].tolist()  # the predicted class and the runner-up
     rollout = AttentionRollout(model)
-    methods = {"attention rollout\n(same for every target)": dict(edge_weights="attention"),
-               "gradient (Chefer et al.)": dict(edge_weights="gradient"),
-               "grad_rollout (vit-explain)": dict(edge_weights="grad_rollout")}
-    figure, axes = new_figure((2.1 * (len(methods) + 1), 4.8), ncols=len(methods) + 1, nrows=2)
+    methods = {"attention rollout\n(any target)": dict(edge_weights="attention"),
+               "gradient\n(Chefer et al.)": dict(edge_weights="gradient"),
+               "grad_rollout\n(vit-explain)": dict(edge_weights="grad_rollout")}
+    figure, axes = new_figure((2.5 * (len(methods) + 1), 5.2), ncols=len(methods) + 1, nrows=2)
     for row, target in enumerate(targets):
         axes[row, 0].imshow(pixels[0, 0], cmap="gray")
-        axes[row, 0].set_title(f"target = {target} (p = {probabilities[target]:.2f})")
+        axes[row, 0].set_title(f"target {target}\n(p = {probabilities[target]:.2f})")
         axes[row, 0].axis("off")
         for column, (name, options) in enumerate(methods.items(), start=1):
             scores = rollout.attribute(pixels, target=target, **options)
