@@ -5,6 +5,7 @@ written elsewhere (and merged at different times) are listed here instead of in 
 each is appended to its nav section when ``docs/<path>`` exists, and left out otherwise.
 """
 
+import copy
 from pathlib import Path
 from typing import Any, List, Tuple
 
@@ -19,7 +20,7 @@ OPTIONAL_PAGES: List[Tuple[str, str, str]] = [
 
 def with_optional_pages(nav: List[Any], docs_dir: Path) -> List[Any]:
     """``nav`` with every existing optional page appended to its section (a new copy)."""
-    nav = [dict(item) if isinstance(item, dict) else item for item in nav]
+    nav = copy.deepcopy(nav)
     listed = set(_paths(nav))
     for section, title, path in OPTIONAL_PAGES:
         if path in listed or not (docs_dir / path).is_file():
