@@ -8,7 +8,6 @@
 """
 
 import ast
-import builtins
 import importlib
 import re
 import subprocess
