@@ -24,7 +24,6 @@ from captum_attnflow.evaluation.metrics import (
     REMOVALS,
     SPEARMAN_FORMULAS,
     UNDEFINED_POLICIES,
-    _resolve_target,
     aopc_scores,
     eligible_tokens,
     per_example_spearman,
@@ -32,6 +31,7 @@ from captum_attnflow.evaluation.metrics import (
     token_dropout_infidelity_perturb,
     token_dropout_sensitivity_perturb,
 )
+from captum_attnflow.evaluation.removal import _resolve_target
 from captum_attnflow.evaluation.reporting import EvaluationResult
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
 from captum_attnflow.parallel import flow_map

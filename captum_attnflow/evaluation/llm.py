@@ -22,7 +22,7 @@ import torch
 from captum.attr import TextTemplateInput
 from tqdm.auto import tqdm
 
-from captum_attnflow.attr.llm_attention import (
+from captum_attnflow.capture.llm import (
     end_of_text_ids,
     generate_targets,
     pad_token_id,
@@ -65,7 +65,7 @@ class LLMAttributionEvaluator:
         >>> from captum.attr import FeatureAblation, LLMAttribution, TextTokenInput
         >>> from transformers import GPT2Config, GPT2LMHeadModel
         >>> from captum_attnflow import AttentionRollout, LLMAttentionAttribution
-        >>> from captum_attnflow.attr.llm_attention import word_level_tokenizer
+        >>> from captum_attnflow.toy import word_level_tokenizer
         >>> tokenizer = word_level_tokenizer("the keys to cabinet are is".split())
         >>> _ = torch.manual_seed(0)
         >>> model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2,

@@ -70,7 +70,7 @@ def attention_matrices(model: SvaTransformer, input_ids: torch.Tensor, mask: tor
 
 def method_scores(matrices: Mapping[str, torch.Tensor], real: torch.Tensor) -> Dict[str, Dict[str, torch.Tensor]]:
     """``{relevance: {method: (L, B, S)}}`` for every relevance choice (``[CLS]`` row, max, mean)."""
-    return {relevance: {method: reduce_output_positions(matrix.float(), reduction, row=0, output_mask=real)
+    return {relevance: {method: reduce_output_positions(matrix.float(), reduction, token_index=0, output_mask=real)
                         for method, matrix in matrices.items()}
             for relevance, reduction in RELEVANCES.items()}
 
