@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union, cast
 
 import torch
 
@@ -463,7 +463,7 @@ def _write_graph(explanation: Explanation, index: int, model, path: str, *, laye
     captured = capture_attention(model, ids, (torch.ones_like(ids),), head_fusion=head_fusion)
     # The graph explains what the rest of the output explains (with mean pooling, every token's
     # flow, averaged), so its input scores are the flow column of the table.
-    viz.plot_attention_graph(captured, tokens, token_index=explanation.token_index, layer=layer,
+    viz.plot_attention_graph(captured, tokens, token_index=cast(Union[int, str], explanation.token_index), layer=layer,
                              residual_weight=residual_weight, highlight="flow", path=path)
 
 
