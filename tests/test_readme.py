@@ -158,3 +158,12 @@ def test_the_docs_site_includes_sections_that_exist():
     for name in included:
         start, end = README.find(f"--8<-- [start:{name}]"), README.find(f"--8<-- [end:{name}]")
         assert 0 <= start < end, f"README.md has no section {name!r} for docs/index.md to include"
+
+
+def test_the_flow_budget_is_the_codes():
+    from captum_attnflow.functional import _cost
+
+    stated = re.search(r"over \*\*(\d+) s\*\* or \*\*(\d+) GiB\*\*", " ".join(section("Errors and guarantees").split()))
+    assert stated, "the README no longer states the flow budget"
+    assert float(stated.group(1)) == _cost.FLOW_TIME_BUDGET_S
+    assert int(stated.group(2)) * 1024 ** 3 == _cost.FLOW_MEMORY_BUDGET_BYTES
