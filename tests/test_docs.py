@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from markdown_code import ROOT, as_params, code_blocks, run_alone
+from markdown_code import ROOT, SHELL_LANGUAGES, as_params, check_shell_commands, code_blocks, run_alone
 
 DOCS = ROOT / "docs"
 GUIDES = sorted(path.name for path in DOCS.glob("*.md"))
@@ -41,6 +41,12 @@ def test_python_block_runs_alone(block, tmp_path, monkeypatch):
     if "evaluator = AttributionEvaluator(" in block.code:
         assert Path("results.csv").read_text().startswith("metric,reference,method,layer")
         assert Path("layers.png").read_bytes()[1:4] == b"PNG"
+
+
+@pytest.mark.parametrize("block", [block for name in GUIDES for block in code_blocks(f"docs/{name}", SHELL_LANGUAGES)],
+                         ids=lambda block: block.name)
+def test_shell_commands_exist(block):
+    check_shell_commands(block)
 
 
 # ---------------------------------------------------------------------------- claims

@@ -9,12 +9,18 @@ docs/results/sva.md); the classes table against the package.
 
 import importlib
 import re
-import shlex
-from configparser import ConfigParser
 
 import pytest
 import torch
-from markdown_code import ROOT, as_params, code_blocks, run_alone
+from markdown_code import (
+    ROOT,
+    SHELL_LANGUAGES,
+    as_params,
+    check_shell_commands,
+    code_blocks,
+    run_alone,
+    setup_cfg,
+)
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 MAKEFILE = (ROOT / "Makefile").read_text(encoding="utf-8")
@@ -54,38 +60,11 @@ def test_python_block_runs_alone(block, tmp_path, monkeypatch, capsys):
         assert namespace["model"].config._attn_implementation == "sdpa"  # as loaded, and restored
 
 
-def _extras() -> set:
-    config = ConfigParser()
-    config.read(ROOT / "setup.cfg")
-    return set(config["options.extras_require"])
-
-
 def test_shell_commands_exist():
-    from captum_attnflow import cli
-
-    commands = [line.split("#")[0].strip() for block in code_blocks("README.md", ("bash", "sh", "console"))
-                for line in block.code.splitlines()]
-    commands = [command for command in commands if command]
-    assert commands, "the README shows no shell commands"
-    torch_pin = re.search(r"^TORCH_VERSION \?= (\S+)", MAKEFILE, flags=re.M).group(1)
-    for command in commands:
-        words = shlex.split(command)
-        if words[0] == "make":
-            for target in words[1:]:
-                assert re.search(rf"^{re.escape(target)}:", MAKEFILE, flags=re.M), f"no make target {target!r}"
-        elif words[0] == "captum-attnflow":
-            cli.build_parser().parse_args(words[1:])  # exits with status 2 on an unknown option
-        elif words[:4] == ["python", "-m", "pip", "install"]:
-            for word in words[4:]:
-                if word.startswith("torch=="):  # the version every make target installs
-                    assert word == f"torch=={torch_pin}"
-                extras = re.fullmatch(r"-?e?\.\[([\w,-]+)\]", word.replace('"', ""))
-                if extras:
-                    assert set(extras.group(1).split(",")) <= _extras(), f"unknown extra in {word}"
-            if "-c" in words:
-                assert (ROOT / words[words.index("-c") + 1]).is_file()
-        else:
-            pytest.fail(f"a README shell command this test does not know how to check: {command}")
+    blocks = code_blocks("README.md", SHELL_LANGUAGES)
+    assert blocks, "the README shows no shell commands"
+    for block in blocks:
+        check_shell_commands(block)
     for target in re.findall(r"`make ([a-z-]+)", README):
         assert re.search(rf"^{re.escape(target)}:", MAKEFILE, flags=re.M), f"README names `make {target}`"
 
@@ -114,9 +93,7 @@ def test_the_classes_table_names_what_the_package_has():
 
 
 def _console_scripts() -> str:
-    config = ConfigParser()
-    config.read(ROOT / "setup.cfg")
-    return config["options.entry_points"]["console_scripts"]
+    return setup_cfg()["options.entry_points"]["console_scripts"]
 
 
 def test_the_models_table_summarises_the_models_page():
