@@ -28,7 +28,7 @@ table) propagate unchanged; the model is restored either way.
 
 
 class AttnFlowError(Exception):
-    """Base class of every error raised on purpose by captum-attnflow."""
+    """Base class of the errors captum-attnflow raises on purpose (the docs' "Errors and guarantees" lists the rest)."""
 
 
 class InvalidParameterError(AttnFlowError, ValueError):
