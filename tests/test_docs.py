@@ -223,3 +223,29 @@ def test_the_site_builds_strictly(tmp_path):
     exceptions_page = (tmp_path / "api" / "exceptions.html").read_text(encoding="utf-8")
     assert "<table>" in exceptions_page and "InvalidParameterError" in exceptions_page
     assert "Examples:" in (tmp_path / "api" / "attr.html").read_text(encoding="utf-8")
+
+
+def _number(text: str) -> float:
+    return float(text.replace("−", "-"))
+
+
+def test_the_sva_guide_quotes_the_generated_tables():
+    """Each "ours / paper" cell of docs/sva.md is the authors-protocol, [CLS]-ranked cell of results/sva.md."""
+    guide = (DOCS / "sva.md").read_text(encoding="utf-8")
+    results = (DOCS / "results" / "sva.md").read_text(encoding="utf-8")
+    authors = results[results.index("## Results: authors protocol"):]
+    generated = {}
+    titles = {"blank-out": "### Table 1: vs blank-out", "input gradients": "### Table 2: vs input gradients"}
+    for table, title in titles.items():
+        body = authors[authors.index(title):].split("\n\n")[1]
+        for method, ranked, *cells in (line.strip("|").split(" | ") for line in body.splitlines()[2:]):
+            generated[table, method.strip(), ranked.strip()] = [_number(cell.split(" [")[0]) for cell in cells]
+    quoted = re.findall(r"^\| vs (blank-out|input gradients) \| L1 .*?\n\|---.*?\n((?:\| .*\n)+)", guide, flags=re.M)
+    assert len(quoted) == 2
+    for table, rows in quoted:
+        for row in rows.splitlines():
+            method, *cells = row.strip("| ").split(" | ")
+            ours = [_number(cell.split(" / ")[0]) for cell in cells]
+            paper = [_number(cell.split(" / ")[1]) for cell in cells]
+            assert ours == pytest.approx(generated[table, method, "`[CLS]` ranked"], abs=0.005), (table, method)
+            assert paper == pytest.approx(generated[table, method, "paper"], abs=0.005), (table, method)
