@@ -1,5 +1,5 @@
-"""Captum's text inputs as the model reads them: which token belongs to which value of a
-``TextTemplateInput``, and target tokens shown as Captum's LLM classes show them."""
+"""Captum's text inputs as the model reads them: where each value of a ``TextTemplateInput``
+lands in the prompt text, and which token belongs to which value."""
 
 import re
 from typing import List, Sequence, Tuple
@@ -26,7 +26,9 @@ def template_value_spans(inp: TextTemplateInput) -> Tuple[str, List[List[Tuple[i
     """
     markers = [f"\ue000{index}\ue001" for index in range(len(inp.values))]
     skeleton = inp.format_fn(**dict(zip(inp.dict_keys, markers))) if inp.dict_keys else inp.format_fn(*markers)
-    pieces, spans, cursor, length = [], [[] for _ in inp.values], 0, 0
+    pieces: List[str] = []
+    spans: List[List[Tuple[int, int]]] = [[] for _ in inp.values]
+    cursor, length = 0, 0
     for match in _MARKER.finditer(skeleton):
         literal = skeleton[cursor:match.start()]
         value = inp.values[int(match.group(1))]
@@ -59,12 +61,3 @@ def tokens_to_values(offsets: Sequence[Tuple[int, int]], spans: List[List[Tuple[
         best = max(range(len(overlaps)), key=overlaps.__getitem__) if overlaps else None
         owners.append(owner_of_span[best] if best is not None and overlaps[best] > 0 else -1)
     return torch.tensor(owners, dtype=torch.long)
-
-
-def pretty_tokens(ids: torch.Tensor, tokenizer) -> List[str]:
-    """Readable target tokens, as Captum's LLM classes show them (no byte-level markers)."""
-    try:
-        from captum.attr._core.llm_attr import _convert_ids_to_pretty_tokens
-    except ImportError:  # pragma: no cover - a Captum without the helper
-        return list(tokenizer.convert_ids_to_tokens(ids.tolist()))
-    return _convert_ids_to_pretty_tokens(ids, tokenizer)

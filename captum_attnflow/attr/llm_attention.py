@@ -9,9 +9,11 @@ import torch
 from captum.attr import Attribution, LLMAttributionResult, TextTemplateInput, TextTokenInput
 from captum.log import log_usage
 from torch import nn
+from transformers import PreTrainedModel
 
+from captum_attnflow._compat import pretty_tokens
 from captum_attnflow._validation import check_flag
-from captum_attnflow.attr._llm_inputs import pretty_tokens, template_value_spans, tokens_to_values
+from captum_attnflow.attr._llm_inputs import template_value_spans, tokens_to_values
 from captum_attnflow.attr.attention_flow import AttentionFlow
 from captum_attnflow.attr.attention_rollout import AttentionRollout
 from captum_attnflow.attr.raw_attention import RawAttention
@@ -115,10 +117,9 @@ class LLMAttentionAttribution(Attribution):
                 f"attr_method must be one of {[m.__name__ for m in self.SUPPORTED_METHODS]} built on the "
                 f"model, got {type(attr_method).__name__}; for perturbation or gradient methods use "
                 "captum.attr.LLMAttribution / LLMGradientAttribution.")
-        model = attr_method.model
-        _check_causal_lm(model)
+        model = _check_causal_lm(attr_method.model)
         super().__init__(model)
-        self.model: nn.Module = model
+        self.model: PreTrainedModel = model
         self.tokenizer = tokenizer
         self.attr_method = attr_method
         # Same class and adapter, run through a forward that passes the padding mask and the
@@ -337,12 +338,8 @@ class LLMAttentionAttribution(Attribution):
 
 # ---------------------------------------------------------------------- teacher forcing
 
-def _check_causal_lm(model: Optional[nn.Module]) -> None:
-    """Refuse what cannot be explained by teacher forcing before anything runs."""
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        PreTrainedModel = ()
+def _check_causal_lm(model: Optional[nn.Module]) -> PreTrainedModel:
+    """The model, once it is known to be explainable by teacher forcing (refused before anything runs)."""
     if not isinstance(model, PreTrainedModel):
         raise UnsupportedModelError(
             f"LLMAttentionAttribution needs a Hugging Face causal language model, got {type(model).__name__}; "
@@ -356,6 +353,7 @@ def _check_causal_lm(model: Optional[nn.Module]) -> None:
         raise UnsupportedModelError(
             f"{type(model).__name__} cannot generate text (an encoder, or a base model without its language-"
             "modelling head); pass the causal LM class, e.g. GPT2LMHeadModel instead of GPT2Model.")
+    return model
 
 
 def _predicting_positions(offsets: List[int], prompt_lengths: List[int], target_lengths: List[int]) -> torch.Tensor:

@@ -8,7 +8,7 @@ LLM mode (:mod:`captum_attnflow.evaluation.llm`).
 
 import inspect
 from numbers import Integral
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import nn
@@ -48,14 +48,16 @@ def generate_targets(model: nn.Module, prompts: Sequence[torch.Tensor], gen_args
     gen_args = dict(gen_args or DEFAULT_GEN_ARGS)
     limit, new_tokens = max_positions(model), gen_args.get("max_new_tokens")
     longest = max(len(p) for p in prompts)
-    if limit is not None and isinstance(new_tokens, Integral) and longest + new_tokens > limit:
+    if limit is not None and isinstance(new_tokens, Integral) and longest + int(new_tokens) > limit:
         raise InvalidParameterError(
             f"gen_args['max_new_tokens']={new_tokens} after a {longest}-token prompt goes past the model's "
             f"maximum length of {limit}; generate at most {max(limit - longest, 0)} tokens.")
     input_ids, attention_mask, _ = left_padded(prompts, pad_id)
     device = next(model.parameters()).device
+    # nn.Module types its attributes as Tensor | Module; a causal LM's generate is a method.
+    generate = cast(Callable[..., torch.Tensor], model.generate)
     with torch.no_grad():
-        output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **gen_args)
+        output = generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **gen_args)
     if output.shape[0] != len(prompts):
         raise InvalidParameterError(
             f"gen_args produced {output.shape[0]} sequences for {len(prompts)} prompts; explain one sequence "
@@ -137,12 +139,12 @@ def max_positions(model: nn.Module) -> Optional[int]:
     config = model.config
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(config, name, None)
-        if isinstance(value, Integral) and value > 0:
+        if isinstance(value, Integral) and int(value) > 0:
             return int(value)
     return None
 
 
-def _until_end_of_text(generated: torch.Tensor, end_ids: List[int]) -> torch.Tensor:
+def _until_end_of_text(generated: torch.Tensor, end_ids: Sequence[int]) -> torch.Tensor:
     """A row of a batched ``generate`` cut after its first end-of-text token (padding follows it)."""
     for index, token in enumerate(generated.tolist()):
         if token in end_ids:

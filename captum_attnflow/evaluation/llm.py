@@ -132,7 +132,7 @@ class LLMAttributionEvaluator:
 
     def _keys(self) -> List[Tuple]:
         names = self._names()
-        keys = []
+        keys: List[Tuple] = []
         for metric in self.metrics:
             if metric == "spearman":
                 keys += [("spearman", self.reference, name, None) for name in names if name != self.reference]
@@ -161,7 +161,7 @@ class LLMAttributionEvaluator:
         return scores
 
     def _prompt_metrics(self, inp, target: torch.Tensor, scores: Dict[str, torch.Tensor]) -> Dict[Tuple, List[float]]:
-        values = {}
+        values: Dict[Tuple, List[float]] = {}
         if "spearman" in self.metrics:
             reference = scores[self.reference]
             for name, method_scores in scores.items():
@@ -281,8 +281,8 @@ class LLMEvaluationResult(EvaluationResult):
 
     @classmethod
     def from_values(cls, per_example: Dict[tuple, np.ndarray], per_token: Optional[List[Dict[str, Any]]] = None,
-                    methods: Optional[List[str]] = None) -> "LLMEvaluationResult":
-        summary = EvaluationResult.from_values(per_example)
+                    methods: Optional[List[str]] = None, *, undefined: str = "exclude") -> "LLMEvaluationResult":
+        summary = EvaluationResult.from_values(per_example, undefined=undefined)
         return cls(summary.rows, summary.per_example, per_token, methods)
 
     def _columns(self) -> List[Tuple[str, Optional[str]]]:

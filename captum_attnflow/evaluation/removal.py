@@ -3,12 +3,13 @@ paper's blank-out reference (one token at a time) and ERASER's AOPC comprehensiv
 sufficiency (the top-scored tokens, or all but them)."""
 
 from numbers import Integral
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import torch
 from captum.attr import Attribution, FeatureAblation
 
+from captum_attnflow._args import format_forward_args
 from captum_attnflow.evaluation.tokens import _as_token_scores, _check_ids, _check_same_shape
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
 
@@ -69,12 +70,6 @@ def _resolve_target(prob_forward: Callable, input_ids, additional_forward_args, 
     return target
 
 
-def _as_arg_tuple(additional_forward_args) -> tuple:
-    if additional_forward_args is None:
-        return ()
-    return additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,)
-
-
 # --------------------------------------------------------------------------- blank-out
 
 
@@ -113,12 +108,21 @@ class BlankOut(Attribution):
         if any(isinstance(i, bool) or not isinstance(i, Integral) for i in unscored_token_ids):
             raise InvalidParameterError(f"unscored_token_ids must be ints, got {tuple(unscored_token_ids)!r}.")
         super().__init__(probability_forward(forward_func, output_type))
-        self.unk_token_id = int(unk_token_id)
+        self.unk_token_id: int = int(unk_token_id)
         self.output_type = output_type
-        self.unscored_token_ids = tuple(int(i) for i in unscored_token_ids)
+        self.unscored_token_ids: Tuple[int, ...] = tuple(int(i) for i in unscored_token_ids)
 
+    @overload
     def attribute(self, inputs: torch.Tensor, target=None, additional_forward_args=None, *,
-                  perturbations_per_eval: int = 1, show_progress: bool = False) -> torch.Tensor:
+                  perturbations_per_eval: int = 1, show_progress: bool = False) -> torch.Tensor: ...
+
+    @overload
+    def attribute(self, inputs: Tuple[torch.Tensor], target=None, additional_forward_args=None, *,
+                  perturbations_per_eval: int = 1, show_progress: bool = False) -> Tuple[torch.Tensor]: ...
+
+    def attribute(self, inputs: Union[torch.Tensor, Tuple[torch.Tensor]], target=None, additional_forward_args=None,
+                  *, perturbations_per_eval: int = 1,
+                  show_progress: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor]]:
         r"""
         Args:
             inputs (Tensor): token ids ``(B, S)`` (or a 1-tuple of it; the result is then a 1-tuple).
@@ -135,7 +139,7 @@ class BlankOut(Attribution):
         # Like Captum's methods: a 1-tuple in (as sensitivity_max passes), a 1-tuple out.
         is_tuple = isinstance(inputs, tuple) and len(inputs) == 1
         inputs = _check_ids(inputs[0] if is_tuple else inputs)
-        args = _as_arg_tuple(additional_forward_args)
+        args = format_forward_args(additional_forward_args)
         target = _resolve_target(self.forward_func, inputs, args, target)
         ablation = FeatureAblation(self.forward_func)
         with torch.no_grad():
@@ -250,7 +254,7 @@ def aopc_scores(forward_func: Callable, input_ids: torch.Tensor, attributions: t
     if removal not in REMOVALS:
         raise InvalidParameterError(f"removal={removal!r} is not supported; use one of {REMOVALS}.")
     bins = _check_bins(bins)
-    args = _as_arg_tuple(additional_forward_args)
+    args = format_forward_args(additional_forward_args)
     if removal == "mask" and not (args and isinstance(args[0], torch.Tensor) and args[0].shape == input_ids.shape):
         raise InvalidInputError("removal='mask' needs the (B, S) attention mask as additional_forward_args[0].")
     if eligible is None:
@@ -261,7 +265,8 @@ def aopc_scores(forward_func: Callable, input_ids: torch.Tensor, attributions: t
     target = _resolve_target(prob_forward, input_ids, args, target)
     full = _class_probability(prob_forward, input_ids, args, target)
     num_eligible = eligible.sum(dim=1)
-    comprehensiveness, sufficiency = [], []
+    comprehensiveness: List[torch.Tensor] = []
+    sufficiency: List[torch.Tensor] = []
     for fraction in bins:
         top = top_k_mask(attributions, eligible, top_k_counts(num_eligible, fraction))
         for removed, totals in ((top, comprehensiveness), (eligible & ~top, sufficiency)):

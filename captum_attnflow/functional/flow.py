@@ -9,7 +9,7 @@ attention themselves.
 
 from concurrent.futures import Executor
 from numbers import Integral
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -177,7 +177,7 @@ def _check_budget(graphs: np.ndarray, positions: List[List[int]], layers: List[i
     batch_size, _, seq_len, _ = graphs.shape
     depths = [layer + 1 for layer in layers]
     counts = [len(p) for p in positions]
-    estimate = dict(backend=backend, repeats=repeats, residual_weight=residual_weight)
+    estimate: Dict[str, Any] = dict(backend=backend, repeats=repeats, residual_weight=residual_weight)
     cost = estimate_flow_cost(depths, seq_len, batch_size, counts, **estimate)
     if not allow_large and cost.seconds > _cost.FLOW_TIME_BUDGET_S and _maxflow.resolve_backend(backend) == "numba":
         examples, flat_positions = _flattened(positions)
@@ -186,7 +186,7 @@ def _check_budget(graphs: np.ndarray, positions: List[List[int]], layers: List[i
     check_flow_budget(cost, allow_large)
 
 
-def _flattened(positions: List[List[int]]):
+def _flattened(positions: Sequence[Sequence[int]]):
     """``(examples, positions)`` arrays, one entry per explained position, for the engine."""
     examples = np.concatenate([np.full(len(p), b, dtype=np.int64) for b, p in enumerate(positions)])
     return examples, np.concatenate([np.asarray(p, dtype=np.int64) for p in positions])

@@ -285,8 +285,8 @@ def _draw_nodes(graph: nx.DiGraph, positions: Dict, ax: Axes, scores: Optional[n
                 mappable: Optional[ScalarMappable], explained_nodes: List[Tuple[int, int]]) -> None:
     nodes = list(graph.nodes)
     # Input nodes share the edges' color scale, so a node reads as "this much arrived here".
-    colors = [mappable.to_rgba(scores[position]) if scores is not None and layer == 0 else "white"
-               for layer, position in nodes]
+    colors = [mappable.to_rgba(scores[position]) if scores is not None and mappable is not None and layer == 0
+              else "white" for layer, position in nodes]
     nx.draw_networkx_nodes(graph, positions, nodelist=nodes, ax=ax, node_size=110, node_color=colors,
                            edgecolors="#333333", linewidths=0.8)
     if scores is not None:

@@ -1,6 +1,6 @@
 """Per-layer attribution maps (the paper's Fig. 3/4) and per-token method comparisons."""
 
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from captum_attnflow.visualization._common import (
     PathLike,
     check_tokens,
     new_figure,
+    root_figure,
     save_figure,
     to_numpy,
 )
@@ -46,7 +47,7 @@ def layer_attribution_maps(attentions, *, token_index: int = 0, example: int = 0
     stacked = torch.stack(list(attentions)) if isinstance(attentions, (list, tuple)) else attentions
     example = _check_example(example, stacked.shape[1])
     stacked = stacked[:, example: example + 1]  # keep a batch of one: flow runs per example
-    options = dict(head_fusion=head_fusion, residual_weight=residual_weight)
+    options: Dict[str, Any] = dict(head_fusion=head_fusion, residual_weight=residual_weight)
     maps = {}
     if "raw" in methods:
         maps["raw"] = to_numpy(fuse_heads(stacked, head_fusion)[:, 0, token_index], "attentions")
@@ -125,7 +126,7 @@ def plot_layer_maps(maps, tokens: Sequence[str], *, example: int = 0, token_inde
             raise InvalidParameterError(f"Got {len(axes)} axes for {len(arrays)} methods; pass one per method.")
         for ax, (name, array) in zip(axes, arrays.items()):
             _draw_map(ax, array[:, shown], labels, name, colormaps[cmap])
-        figure = axes[0].figure
+        figure = root_figure(axes[0])
     else:
         figure = _layer_map_figure({name: array[:, shown] for name, array in arrays.items()}, labels,
                                    colormaps[cmap])
@@ -232,7 +233,7 @@ def plot_method_comparison(attributions: Mapping[str, object], tokens: Sequence[
     tokens, seq_len = [tokens[position] for position in shown], len(shown)
     inches_per_token = 0.55 * max(1.0, len(rows) / 3)
     if ax is not None:
-        figure, axes, lines = ax.figure, [ax], [range(seq_len)]
+        figure, axes, lines = root_figure(ax), [ax], [range(seq_len)]
     else:
         lines = _token_lines(seq_len, max(4, int((MAX_FIGURE_WIDTH - 1.5) / inches_per_token)))
         width = max(6.0, inches_per_token * len(lines[0]) + 1.5)

@@ -87,7 +87,7 @@ def reference_scores(model: SvaTransformer, batch: Dict[str, torch.Tensor], voca
     input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     args = (mask,)
     unscored = (vocab.eos_id,) if end_token else ()
-    result = {}
+    result: Dict[tuple, torch.Tensor] = {}
     for name, replacement in (("unk", vocab.unk_id), ("pad", vocab.pad_id)):
         blank = BlankOut(wrapped, replacement, output_type="probs", unscored_token_ids=unscored)
         result[("blank_out", name, "gold")] = blank.attribute(
