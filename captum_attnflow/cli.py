@@ -633,13 +633,13 @@ def write_outputs(explanation: Explanation, model, tokenizer, out_dir: str, *, l
     return written
 
 
-def _hidden_special_tokens(explanation: Explanation, index: int):
-    """Positions of text ``index``'s special tokens and a title note naming them ((), "" if none or all)."""
-    special = explanation.special[index] if explanation.special else []
+def _hidden_special_tokens(explanation: Explanation, text_index: int):
+    """Positions of text ``text_index``'s special tokens and a title note naming them ((), "" if none or all)."""
+    special = explanation.special[text_index] if explanation.special else []
     hidden = [position for position, is_special in enumerate(special) if is_special]
     if not hidden or len(hidden) == len(special):
         return [], ""
-    names = ", ".join(dict.fromkeys(explanation.tokens[index][position] for position in hidden))
+    names = ", ".join(dict.fromkeys(explanation.tokens[text_index][position] for position in hidden))
     return hidden, f"\n({names} not shown, so that they do not set the scale; their scores are in the table)"
 
 
