@@ -546,26 +546,6 @@ def test_refusals_of_the_gradient_capture(bert):
         AttentionRollout(WithBatchNorm().train(), model=None).attribute(IDS, target=0, edge_weights="gradient")
 
 
-# ------------------------------------------------------------------------ the docs page runs
-
-def _docs_blocks():
-    from pathlib import Path
-
-    page = (Path(__file__).resolve().parents[1] / "docs" / "target_aware.md").read_text(encoding="utf-8")
-    return [block.split("```", 1)[0] for block in page.split("```python\n")[1:]]
-
-
-def test_docs_page_tiny_model_example_runs():
-    exec(compile(_docs_blocks()[0], "docs/target_aware.md python block 1", "exec"), {})
-
-
-@pytest.mark.slow
-def test_docs_page_minilm_example_runs():
-    namespace: dict = {}
-    for index, block in enumerate(_docs_blocks()):
-        exec(compile(block, f"docs/target_aware.md python block {index + 1}", "exec"), namespace)
-
-
 class EncoderClassifier(nn.Module):
     def __init__(self, dim=8, heads=2):
         super().__init__()
