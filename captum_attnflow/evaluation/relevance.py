@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from captum.attr import Attribution
 
+from captum_attnflow._args import format_forward_args
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
 
 #: ``"row"``: one output position's vector; ``"mean"`` / ``"max"``: over the real output positions.
@@ -139,7 +140,7 @@ class OutputPositionsRelevance(Attribution):
 
 
 def _real_tokens(inputs: torch.Tensor, additional_forward_args) -> torch.Tensor:
-    args = additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,)
+    args = format_forward_args(additional_forward_args)
     first = args[0] if args else None
     if isinstance(first, torch.Tensor) and first.shape == inputs.shape:
         return first.bool()

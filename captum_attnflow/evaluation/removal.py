@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from captum.attr import Attribution, FeatureAblation
 
+from captum_attnflow._args import format_forward_args
 from captum_attnflow.evaluation.tokens import _as_token_scores, _check_ids, _check_same_shape
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
 
@@ -67,12 +68,6 @@ def _resolve_target(prob_forward: Callable, input_ids, additional_forward_args, 
     if target.numel() != batch_size:
         raise InvalidInputError(f"target has {target.numel()} entries for a batch of {batch_size}.")
     return target
-
-
-def _as_arg_tuple(additional_forward_args) -> tuple:
-    if additional_forward_args is None:
-        return ()
-    return additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,)
 
 
 # --------------------------------------------------------------------------- blank-out
@@ -144,7 +139,7 @@ class BlankOut(Attribution):
         # Like Captum's methods: a 1-tuple in (as sensitivity_max passes), a 1-tuple out.
         is_tuple = isinstance(inputs, tuple) and len(inputs) == 1
         inputs = _check_ids(inputs[0] if is_tuple else inputs)
-        args = _as_arg_tuple(additional_forward_args)
+        args = format_forward_args(additional_forward_args)
         target = _resolve_target(self.forward_func, inputs, args, target)
         ablation = FeatureAblation(self.forward_func)
         with torch.no_grad():
@@ -259,7 +254,7 @@ def aopc_scores(forward_func: Callable, input_ids: torch.Tensor, attributions: t
     if removal not in REMOVALS:
         raise InvalidParameterError(f"removal={removal!r} is not supported; use one of {REMOVALS}.")
     bins = _check_bins(bins)
-    args = _as_arg_tuple(additional_forward_args)
+    args = format_forward_args(additional_forward_args)
     if removal == "mask" and not (args and isinstance(args[0], torch.Tensor) and args[0].shape == input_ids.shape):
         raise InvalidInputError("removal='mask' needs the (B, S) attention mask as additional_forward_args[0].")
     if eligible is None:
