@@ -18,7 +18,7 @@ from torch import nn
 
 from captum_attnflow._validation import check_pixel_values
 from captum_attnflow.capture.base import AttentionAdapter, register_adapter
-from captum_attnflow.capture.huggingface import HuggingFaceAdapter, _pretrained_models
+from captum_attnflow.capture.huggingface import HuggingFaceAdapter, _owner_of_stack, _pretrained_models
 from captum_attnflow.exceptions import AttentionCaptureError, InvalidParameterError
 
 #: Upsampling modes for the pixel map (``torch.nn.functional.interpolate`` names).
@@ -98,18 +98,28 @@ class HuggingFaceVisionAdapter(_PixelInputsMixin, HuggingFaceAdapter):
 
     name = "huggingface-vision"
 
-    def __init__(self, model: nn.Module, interpolation: str = "nearest"):
-        super().__init__(model)
+    def __init__(self, model: nn.Module, interpolation: str = "nearest", stack: Optional[nn.Module] = None):
+        super().__init__(model, stack=stack)
         self.interpolation = interpolation
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
         pretrained = _pretrained_models(model)
-        return bool(pretrained) and getattr(pretrained[0], "main_input_name", None) == "pixel_values" \
-            and getattr(pretrained[0].config, "patch_size", None) is not None and HuggingFaceAdapter.supports(model)
+        return bool(pretrained) and _reads_pixels(pretrained[0]) and HuggingFaceAdapter.supports(model)
+
+    @classmethod
+    def supports_stack(cls, model: nn.Module, stack: nn.Module) -> bool:
+        """A tower that reads pixels (CLIP's or SigLIP's ``vision_model``, a ViT inside a wrapper)."""
+        owner = _owner_of_stack(model, stack)
+        return owner is not None and _reads_pixels(owner) and HuggingFaceAdapter.supports_stack(model, stack)
 
     def patch_size(self) -> Tuple[int, int]:
         return _pair(self._owner().config.patch_size)
+
+
+def _reads_pixels(pretrained: nn.Module) -> bool:
+    return getattr(pretrained, "main_input_name", None) == "pixel_values" \
+        and getattr(pretrained.config, "patch_size", None) is not None
 
 
 def _timm_style_attention(module: nn.Module) -> bool:
@@ -136,8 +146,8 @@ class TimmVisionAdapter(_PixelInputsMixin, AttentionAdapter):
 
     name = "timm-vit"
 
-    def __init__(self, model: nn.Module, interpolation: str = "nearest"):
-        super().__init__(model)
+    def __init__(self, model: nn.Module, interpolation: str = "nearest", stack: Optional[nn.Module] = None):
+        super().__init__(model, stack=stack)
         self.interpolation = interpolation
 
     @classmethod
@@ -145,7 +155,7 @@ class TimmVisionAdapter(_PixelInputsMixin, AttentionAdapter):
         return _patch_embedding(model) is not None and any(_timm_style_attention(m) for m in model.modules())
 
     def _attention_blocks(self) -> List[nn.Module]:
-        return [m for m in self.model.modules() if _timm_style_attention(m)]
+        return [m for m in self.stack_root().modules() if _timm_style_attention(m)]
 
     def attention_modules(self) -> List[nn.Module]:
         return [block.attn_drop for block in self._attention_blocks()]
@@ -166,7 +176,7 @@ class TimmVisionAdapter(_PixelInputsMixin, AttentionAdapter):
                 block.fused_attn = value
 
     def patch_size(self) -> Tuple[int, int]:
-        return _pair(_patch_embedding(self.model).patch_size)
+        return _pair(_patch_embedding(self.stack_root()).patch_size)
 
 
 # Vision adapters go first: a ViT is also a Hugging Face model, but its inputs are pixels.
