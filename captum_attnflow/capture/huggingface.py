@@ -264,13 +264,13 @@ class HuggingFaceAdapter(AttentionAdapter):
 
     def check_stack(self) -> None:
         """A chosen decoder of an encoder-decoder is refused; without ``stack=``, several stacks are."""
-        owner = self._owner()
         if self.stack is not None:
-            decoder = _decoder_of(owner)
-            if decoder is not None and _contains(decoder, self.stack):
-                raise UnsupportedModelError(
-                    f"stack={module_name(self.model, self.stack)} is (inside) the decoder of the encoder-decoder "
-                    f"{type(owner).__name__}. {SEQ2SEQ_HINT}")
+            for pretrained in _pretrained_models(self.model):
+                decoder = _decoder_of(pretrained)
+                if decoder is not None and _contains(decoder, self.stack):
+                    raise UnsupportedModelError(
+                        f"stack={module_name(self.model, self.stack)} is (inside) the decoder of the encoder-decoder "
+                        f"{type(pretrained).__name__}. {SEQ2SEQ_HINT}")
             return
         # Each top-level model's own stack (the encoder of an encoder-decoder), then the towers inside.
         modules: List[nn.Module] = []
@@ -387,6 +387,12 @@ class HuggingFaceAdapter(AttentionAdapter):
     def _stack_name(self) -> str:
         return module_name(self.model, self.stack_module())
 
+    def _seq2seq_hint(self) -> str:
+        """For a refusal inside an encoder-decoder: where its decoder is explained (walks the model)."""
+        if any(_decoder_of(p) is not None for p in _pretrained_models(self.model)):
+            return " If `inputs` feed the decoder (decoder_input_ids), that is not supported here: " + SEQ2SEQ_HINT
+        return ""
+
     def _check_stack_call(self, arguments: Dict[str, Any], session: CaptureSession) -> None:
         """The stack received ``inputs``: ids or pixels unchanged, or the embeddings of the ids."""
         session.stack_checked = True
@@ -395,9 +401,6 @@ class HuggingFaceAdapter(AttentionAdapter):
             return
         argument = next((name for name in _INPUT_ARGUMENTS if isinstance(arguments.get(name), torch.Tensor)), None)
         received = arguments.get(argument) if argument else None
-        encoder_decoder = _decoder_of(self._owner()) is not None
-        hint = ("If `inputs` feed the decoder (decoder_input_ids), that is not supported here: " + SEQ2SEQ_HINT
-                if encoder_decoder else "")
         if argument == "inputs_embeds" and not inputs.is_floating_point():
             # Token ids embedded by the wrapper: the stack must get exactly their embedding lookup.
             embeddings = self._input_embeddings()
@@ -407,9 +410,15 @@ class HuggingFaceAdapter(AttentionAdapter):
                     f"The explained attention stack {self._stack_name()} received inputs_embeds of shape "
                     f"{tuple(received.shape)} that are not the input embeddings of `inputs` (token ids "
                     f"{tuple(inputs.shape)}), so its attention may not explain `inputs`. Pass input_ids to the "
-                    "model, or embed them with model.get_input_embeddings() unchanged. " + hint)
+                    "model, or embed them with model.get_input_embeddings() unchanged." + self._seq2seq_hint())
             received = inputs
-        check_received(received, inputs, stack=self._stack_name, argument=argument or "input", hint=hint)
+        try:
+            check_received(received, inputs, stack=self._stack_name, argument=argument or "input")
+        except AttentionCaptureError as error:
+            hint = self._seq2seq_hint()
+            if not hint:
+                raise
+            raise AttentionCaptureError(f"{error}{hint}") from None
         if session.observed_mask is None and inputs.ndim == 2 and not inputs.is_floating_point():
             refuse_dropped_mask(session.forward_args, tuple(inputs.shape), list(arguments.values()),
                                 stack=self._stack_name, bool_only=False)

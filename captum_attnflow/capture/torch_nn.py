@@ -178,6 +178,12 @@ class TorchMultiheadAttentionAdapter(AttentionAdapter):
             session.batch_first = module.batch_first
         elif inputs.ndim == 3 and same_tensor(query, inputs.transpose(0, 1)):
             session.batch_first = not module.batch_first
+        elif inputs.ndim == 3 and _reordered_examples(query if module.batch_first else query.transpose(0, 1),
+                                                      inputs if module.batch_first else inputs.transpose(0, 1)):
+            raise AttentionCaptureError(
+                f"The first attention layer of the stack {self._stack_name()} received the examples of `inputs` in "
+                "another order (the wrapper reorders the batch), so scores would land on the wrong examples. Keep "
+                "the batch order in forward_func, or pass the reordered tensor as inputs.")
         elif received not in (leading, leading[::-1]):
             raise AttentionCaptureError(
                 f"The first attention layer of the stack {self._stack_name()} attends over (batch, positions) = "
@@ -207,6 +213,25 @@ class TorchMultiheadAttentionAdapter(AttentionAdapter):
         if batch_first is None:
             batch_first = all(m.batch_first for m in self.attention_modules())
         return scores_to_sequence_inputs(scores, inputs, batch_first=batch_first, adapter_name=self.name)
+
+
+def _reordered_examples(received: torch.Tensor, inputs: torch.Tensor, max_batch: int = 64) -> bool:
+    """The batch-first ``received`` holds the examples of ``inputs``, some in another place.
+
+    Only run when the two differ; a row-by-row search, so it is skipped for batches over ``max_batch``.
+    """
+    if received.shape != inputs.shape or received.shape[0] > max_batch:
+        return False
+    flat_received = received.reshape(received.shape[0], -1)
+    flat_inputs = inputs.reshape(inputs.shape[0], -1).to(device=received.device, dtype=received.dtype)
+    moved = False
+    for row, example in enumerate(flat_received):
+        if torch.equal(example, flat_inputs[row]):
+            continue
+        if not bool((flat_inputs == example).all(dim=-1).any()):
+            return False  # values changed (positional encodings, say): no reordering to see
+        moved = True
+    return moved
 
 
 def _is_self_attention(query, key) -> bool:
