@@ -582,3 +582,31 @@ def test_truncating_wrapper_is_refused():
     ids = torch.randint(3, VOCAB, (2, 5))
     with pytest.raises(AttentionCaptureError, match="shape \\(2, 4\\)"):
         AttentionRollout(lambda input_ids: model(input_ids=input_ids[:, :4]), model=model).attribute(ids)
+
+
+def test_siglip_vision_tower_mean_over_patches():
+    model = tiny_siglip()
+    ids, pixels = torch.randint(3, VOCAB, (2, 4)), torch.randn(2, 3, 8, 8)
+    by_pixels = lambda pixel_values, input_ids: model(  # noqa: E731
+        input_ids=input_ids, pixel_values=pixel_values).logits_per_image.diagonal()
+    grid = AttentionRollout(by_pixels, model=model, stack="vision_model").attribute(
+        pixels, additional_forward_args=(ids,), token_index="mean", return_patch_grid=True)
+    weights = hf_reference(model.vision_model, pixel_values=pixels)
+    expected = attention_rollout(weights)[-1].mean(1).reshape(2, 2, 2)  # no CLS: every token is a patch
+    torch.testing.assert_close(grid, expected, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------- the docs page runs
+
+def test_docs_stacks_page_runs_as_written(capsys):
+    import pathlib
+    import re
+
+    page = (pathlib.Path(__file__).parents[1] / "docs" / "stacks.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert len(blocks) == 2
+    for index, code in enumerate(blocks):
+        exec(compile(code, f"docs/stacks.md python block {index + 1}", "exec"), {"__name__": "docs_stacks"})
+    printed = capsys.readouterr().out
+    assert "'doc_encoder' (BertModel), 'query_encoder' (BertModel)" in printed
+    assert "torch.Size([2, 2, 2])" in printed and "torch.Size([2, 3, 8, 8])" in printed
