@@ -610,3 +610,16 @@ def test_docs_stacks_page_runs_as_written(capsys):
     printed = capsys.readouterr().out
     assert "'doc_encoder' (BertModel), 'query_encoder' (BertModel)" in printed
     assert "torch.Size([2, 2, 2])" in printed and "torch.Size([2, 3, 8, 8])" in printed
+
+
+def test_timm_style_vit_refuses_pixels_changed_inside():
+    from test_vision import _TimmStyleViT  # the timm structure, without timm
+
+    torch.manual_seed(0)
+    model = _TimmStyleViT().eval()
+    pixels = torch.randn(2, 3, 16, 16)
+    assert AttentionRollout(model).attribute(pixels).shape == pixels.shape
+    before = snapshot(model)
+    with pytest.raises(AttentionCaptureError, match="received a tensor of shape \\(2, 3, 16, 16\\) with other"):
+        AttentionRollout(lambda x: model(x * 2.0), model=model).attribute(pixels)
+    assert_unchanged(model, before)

@@ -22,6 +22,10 @@ Guarantees of a capture:
   different models run concurrently.
 * **One pass of the attention stack.** A forward function that runs the model twice is an
   error, not 2·L layers.
+* **The stack that received ``inputs``.** A model with several attention stacks (two towers,
+  a dual encoder) needs ``stack=``; the hooked stack must receive ``inputs`` (same values,
+  order and batch), and cross-attention is never recorded as self-attention; see
+  :mod:`captum_attnflow.capture.stacks`.
 * **Values are checked per head, before fusion**: NaN/inf, negative weights and weights
   above 1 raise :class:`~captum_attnflow.exceptions.InvalidInputError` (rows of padded
   queries, which may see nothing but padding, are zeroed first).
@@ -49,13 +53,13 @@ from captum_attnflow._validation import (
     padding_mask_to_valid,
     warn_if_rows_do_not_sum_to_one,
 )
+from captum_attnflow.capture.stacks import resolve_stack
 from captum_attnflow.exceptions import (
     AttentionCaptureError,
     InvalidInputError,
     InvalidParameterError,
     UnsupportedModelError,
 )
-from captum_attnflow.capture.stacks import resolve_stack
 from captum_attnflow.functional.fusion import AttentionWeights, fuse_heads
 
 

@@ -6,7 +6,10 @@ attention for the call and the exact previous setting is written back afterwards
 Models of the older style (DeBERTa-v2) declare nothing and return weights only when
 asked with ``output_attentions=True``; their innermost attention modules are asked
 for the call. Encoder-decoder models (T5, BART) are explained through their encoder's
-self-attention: decoder and cross-attention are left unhooked.
+self-attention: decoder and cross-attention are left unhooked, and ``inputs`` that feed the
+decoder are refused. A model holding several stacks (CLIP's towers, a dual encoder) is
+explained one tower at a time, chosen with ``stack=``; the stack's own call must carry
+``inputs`` (see :mod:`captum_attnflow.capture.stacks`).
 
 The padding mask is the ``attention_mask`` argument of the model's own call: a forward
 pre-hook on the base model (``model.base_model``, or the encoder of an encoder-decoder)

@@ -19,6 +19,7 @@ from torch import nn
 from captum_attnflow._validation import check_pixel_values
 from captum_attnflow.capture.base import AttentionAdapter, register_adapter
 from captum_attnflow.capture.huggingface import HuggingFaceAdapter, _owner_of_stack, _pretrained_models
+from captum_attnflow.capture.stacks import check_received, module_name
 from captum_attnflow.exceptions import AttentionCaptureError, InvalidParameterError
 
 #: Upsampling modes for the pixel map (``torch.nn.functional.interpolate`` names).
@@ -167,13 +168,25 @@ class TimmVisionAdapter(_PixelInputsMixin, AttentionAdapter):
     def prepared(self, session):
         blocks = self._attention_blocks()
         saved = [block.fused_attn for block in blocks]
+        handle = self.stack_root().register_forward_pre_hook(self._pixels_check(session), with_kwargs=True)
         try:
             for block in blocks:
                 block.fused_attn = False  # the unfused path materialises the weights
             yield
         finally:
+            handle.remove()
             for block, value in zip(blocks, saved):
                 block.fused_attn = value
+
+    def _pixels_check(self, session):
+        """A pre-hook: the model's first argument (timm's ``x``) is ``inputs``, unchanged."""
+        def check(module, args, kwargs):
+            if session.is_mine() and not session.stack_checked:
+                session.stack_checked = True
+                received = args[0] if args else kwargs.get("x")
+                check_received(received, session.inputs, stack=lambda: module_name(self.model, module),
+                               argument="pixels")
+        return check
 
     def patch_size(self) -> Tuple[int, int]:
         return _pair(_patch_embedding(self.stack_root()).patch_size)
