@@ -45,6 +45,7 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from captum_attnflow._args import format_forward_args
 from captum_attnflow._validation import (
     check_attention_mask,
     check_attention_values,
@@ -161,9 +162,12 @@ class AttentionAdapter:
     def check_stack(self) -> None:
         """Refuse a model holding several attention stacks when none was chosen (see :mod:`.stacks`)."""
 
-    def stack_root(self) -> Optional[nn.Module]:
+    def stack_root(self) -> nn.Module:
         """Where the attention modules are looked for: the chosen stack, else the model."""
-        return self.stack if self.stack is not None else self.model
+        root = self.stack if self.stack is not None else self.model
+        if root is None:
+            raise AttentionCaptureError(f"The '{self.name}' adapter has no model to look for attention in.")
+        return root
 
     def attention_modules(self) -> List[nn.Module]:
         """Modules whose forward output carries one layer's attention weights, in layer order."""
@@ -207,8 +211,7 @@ class AttentionAdapter:
 
     def stack_module(self) -> Optional[nn.Module]:
         """The module that runs the whole attention stack once per forward pass (calls are counted)."""
-        root = self.stack_root()
-        return root if isinstance(root, nn.Module) else None
+        return self.stack if self.stack is not None else (self.model if isinstance(self.model, nn.Module) else None)
 
     def record(self, forward_func: Callable, inputs: torch.Tensor, forward_args: Tuple,
                session: CaptureSession) -> Any:
@@ -317,15 +320,6 @@ def resolve_model(forward_func: Callable, model: Optional[nn.Module] = None) -> 
         "forward_func is a plain function, so the model whose attention to capture is unknown; "
         "pass it as model=..., e.g. AttentionFlow(lambda ids, mask: clf(ids, mask).logits, model=clf)."
     )
-
-
-def format_forward_args(additional_forward_args) -> Tuple:
-    """Captum's ``additional_forward_args`` as a tuple (a single value becomes a 1-tuple)."""
-    if additional_forward_args is None:
-        return ()
-    if isinstance(additional_forward_args, tuple):
-        return additional_forward_args
-    return (additional_forward_args,)
 
 
 @contextlib.contextmanager

@@ -25,6 +25,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from captum_attnflow._compat import (
+    attn_implementation,
+    output_recorders,
+    restore_attn_implementation,
+    saved_attn_implementation,
+    set_attn_implementation,
+)
 from captum_attnflow._validation import check_attention_mask
 from captum_attnflow.capture.base import AttentionAdapter, CaptureSession, register_adapter
 from captum_attnflow.capture.stacks import (
@@ -52,18 +59,18 @@ POSITIONAL_SLOTS = ("attention_mask", "token_type_ids", "position_ids", "labels"
 _INPUT_ARGUMENTS = ("input_ids", "pixel_values", "inputs_embeds")
 
 
-def _pretrained_models(model: nn.Module) -> List[nn.Module]:
+def _pretrained_models(model: nn.Module) -> List[PreTrainedModel]:
     return [m for m in model.modules() if isinstance(m, PreTrainedModel)]
 
 
 def _attention_specs(pretrained: nn.Module) -> List[Tuple[Any, int, Optional[str], Optional[str]]]:
     """``(target_class, index, layer_name, class_name)`` for each declared attention recorder."""
-    specs = getattr(pretrained, "_can_record_outputs", None) or {}
+    specs = output_recorders(pretrained)
     declared = specs.get("attentions")
     if declared is None:
         return []
     declared = declared if isinstance(declared, list) else [declared]
-    parsed = []
+    parsed: List[Tuple[Any, int, Optional[str], Optional[str]]] = []
     for spec in declared:
         if isinstance(spec, str):
             parsed.append((None, 1, None, spec))
@@ -99,13 +106,13 @@ def _all_configs(model: nn.Module) -> List[Any]:
     return list(seen.values())
 
 
-def _switch_to_eager(pretrained: nn.Module) -> None:
+def _switch_to_eager(pretrained: PreTrainedModel) -> None:
     try:
-        pretrained.set_attn_implementation("eager")
+        set_attn_implementation(pretrained, "eager")
     except (ValueError, ImportError, NotImplementedError, AttributeError, RuntimeError) as error:
         raise AttentionCaptureError(
             f"{type(pretrained).__name__} uses attn_implementation="
-            f"{pretrained.config._attn_implementation!r}, whose fused kernel returns no attention weights, "
+            f"{attn_implementation(pretrained.config)!r}, whose fused kernel returns no attention weights, "
             f"and it cannot be switched to eager attention ({error}). Load the model with "
             "attn_implementation='eager', or pass attention_fn=... returning the weights.") from error
 
@@ -114,15 +121,15 @@ def _switch_to_eager(pretrained: nn.Module) -> None:
 def eager_attention(model: nn.Module):
     """Switch every PreTrainedModel inside ``model`` to eager attention; restore exactly after."""
     configs = _all_configs(model)
-    saved = [(config, config.__dict__.get("_attn_implementation_internal")) for config in configs]
+    saved = [(config, saved_attn_implementation(config)) for config in configs]
     try:
         for pretrained in _pretrained_models(model):
-            if pretrained.config._attn_implementation != "eager":
+            if attn_implementation(pretrained.config) != "eager":
                 _switch_to_eager(pretrained)
         yield
     finally:
         for config, value in saved:
-            config._attn_implementation_internal = value
+            restore_attn_implementation(config, value)
 
 
 def _takes_output_attentions(module: nn.Module) -> bool:
@@ -169,7 +176,7 @@ def _unwrapped(forward_func) -> Any:
     return module
 
 
-def _encoder_of(pretrained: nn.Module) -> Optional[nn.Module]:
+def _encoder_of(pretrained: PreTrainedModel) -> Optional[nn.Module]:
     """The encoder stack of an encoder-decoder model, else None."""
     if getattr(pretrained.config, "is_encoder_decoder", False) and hasattr(pretrained, "get_encoder"):
         encoder = pretrained.get_encoder()
@@ -182,7 +189,7 @@ def _decoder_of(pretrained: nn.Module) -> Optional[nn.Module]:
     """The decoder stack of an encoder-decoder model, else None."""
     if getattr(pretrained.config, "is_encoder_decoder", False) and hasattr(pretrained, "get_decoder"):
         try:
-            decoder = pretrained.get_decoder()
+            decoder = pretrained.get_decoder()  # type: ignore[operator]  # hasattr above
         except (AttributeError, NotImplementedError):
             return None
         if isinstance(decoder, nn.Module) and decoder is not pretrained:
@@ -194,7 +201,7 @@ def _contains(outer: nn.Module, inner: nn.Module) -> bool:
     return any(m is inner for m in outer.modules())
 
 
-def _owner_of_stack(model: nn.Module, stack: nn.Module) -> Optional[nn.Module]:
+def _owner_of_stack(model: nn.Module, stack: nn.Module) -> Optional[PreTrainedModel]:
     """The PreTrainedModel whose recorders describe ``stack``: the innermost one holding it that
     declares recorders, else the outermost one holding it (older models declare none)."""
     holders = [m for m in _pretrained_models(model) if _contains(m, stack)]  # outermost first
@@ -220,7 +227,7 @@ def _self_attention_modules(owner: nn.Module, root: nn.Module) -> Tuple[List[nn.
     return found, indices
 
 
-def _top_level_pretrained(model: nn.Module) -> List[nn.Module]:
+def _top_level_pretrained(model: nn.Module) -> List[PreTrainedModel]:
     """PreTrainedModels not inside another one (a dual encoder's two encoders, say)."""
     pretrained = _pretrained_models(model)
     inner = {id(m) for p in pretrained for m in p.modules() if m is not p}
@@ -232,6 +239,7 @@ class HuggingFaceAdapter(AttentionAdapter):
 
     name = "huggingface"
     observes_padding_mask = True
+    model: nn.Module  # adapters found by supports(model) always have one
     #: Recorders whose modules are the self-attention of one stack (cross-attention is skipped).
     attention_key = "attentions"
 
@@ -246,7 +254,7 @@ class HuggingFaceAdapter(AttentionAdapter):
         owner = _owner_of_stack(model, stack)
         return owner is not None and bool(_self_attention_modules(owner, stack)[0])
 
-    def _owner(self) -> nn.Module:
+    def _owner(self) -> PreTrainedModel:
         """The outermost PreTrainedModel that declares attention recorders (else the outermost);
         with ``stack=``, the one describing the stack.
 
@@ -277,8 +285,8 @@ class HuggingFaceAdapter(AttentionAdapter):
             return
         # Each top-level model's own stack (the encoder of an encoder-decoder), then the towers inside.
         modules: List[nn.Module] = []
-        for pretrained in _top_level_pretrained(self.model):
-            modules += _self_attention_modules(pretrained, _encoder_of(pretrained) or pretrained)[0]
+        for top in _top_level_pretrained(self.model):
+            modules += _self_attention_modules(top, _encoder_of(top) or top)[0]
         candidates = candidate_stacks(self.model, modules)
         if len(candidates) > 1:
             refuse_ambiguous(self.model, candidates)
@@ -404,7 +412,7 @@ class HuggingFaceAdapter(AttentionAdapter):
             return
         argument = next((name for name in _INPUT_ARGUMENTS if isinstance(arguments.get(name), torch.Tensor)), None)
         received = arguments.get(argument) if argument else None
-        if argument == "inputs_embeds" and not inputs.is_floating_point():
+        if isinstance(received, torch.Tensor) and argument == "inputs_embeds" and not inputs.is_floating_point():
             # Token ids embedded by the wrapper: the stack must get exactly their embedding lookup.
             embeddings = self._input_embeddings()
             if embeddings is None or tuple(received.shape[:2]) != tuple(inputs.shape) or not same_tensor(
@@ -423,8 +431,9 @@ class HuggingFaceAdapter(AttentionAdapter):
                 raise
             raise AttentionCaptureError(f"{error}{hint}") from None
         if session.observed_mask is None and inputs.ndim == 2 and not inputs.is_floating_point():
-            refuse_dropped_mask(session.forward_args, tuple(inputs.shape), list(arguments.values()),
-                                stack=self._stack_name, bool_only=False)
+            shape = (int(inputs.shape[0]), int(inputs.shape[1]))
+            refuse_dropped_mask(session.forward_args, shape, list(arguments.values()), stack=self._stack_name,
+                                bool_only=False)
 
     @contextlib.contextmanager
     def prepared(self, session: CaptureSession):

@@ -46,14 +46,14 @@ _FORCED = {"need_weights": True, "average_attn_weights": False}
 
 def _force_weights(args: Tuple, kwargs: dict) -> Tuple[Tuple, dict]:
     """Rewrite an ``nn.MultiheadAttention`` call so it returns per-head weights."""
-    args = list(args)
+    arguments = list(args)
     for name, value in _FORCED.items():
         index = _MHA_PARAMETERS.index(name)
-        if len(args) > index:
-            args[index] = value
+        if len(arguments) > index:
+            arguments[index] = value
         else:
             kwargs[name] = value
-    return tuple(args), kwargs
+    return tuple(arguments), kwargs
 
 
 def _argument(name: str, args: Tuple, kwargs: dict) -> Any:
@@ -93,6 +93,7 @@ class TorchMultiheadAttentionAdapter(AttentionAdapter):
 
     name = "torch-mha"
     observes_padding_mask = True
+    model: nn.Module  # adapters found by supports(model) always have one
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
@@ -102,7 +103,7 @@ class TorchMultiheadAttentionAdapter(AttentionAdapter):
         root = self.stack_root()
         in_decoder = {id(m) for layer in root.modules() if isinstance(layer, nn.TransformerDecoderLayer)
                       for m in layer.modules()}
-        found = [m for m in root.modules() if isinstance(m, nn.MultiheadAttention)]
+        found: List[nn.Module] = [m for m in root.modules() if isinstance(m, nn.MultiheadAttention)]
         encoder_side = [m for m in found if id(m) not in in_decoder]
         return encoder_side or found
 
@@ -174,10 +175,11 @@ class TorchMultiheadAttentionAdapter(AttentionAdapter):
         batch_axis = 0 if module.batch_first else 1
         received = (int(query.shape[batch_axis]), int(query.shape[1 - batch_axis]))
         leading = (int(inputs.shape[0]), int(inputs.shape[1]))
+        module_batch_first = bool(module.batch_first)
         if inputs.ndim == 3 and same_tensor(query, inputs):
-            session.batch_first = module.batch_first
+            session.batch_first = module_batch_first
         elif inputs.ndim == 3 and same_tensor(query, inputs.transpose(0, 1)):
-            session.batch_first = not module.batch_first
+            session.batch_first = not module_batch_first
         elif inputs.ndim == 3 and _reordered_examples(query if module.batch_first else query.transpose(0, 1),
                                                       inputs if module.batch_first else inputs.transpose(0, 1)):
             raise AttentionCaptureError(

@@ -146,6 +146,7 @@ class TimmVisionAdapter(_PixelInputsMixin, AttentionAdapter):
     """
 
     name = "timm-vit"
+    model: nn.Module  # adapters found by supports(model) always have one
 
     def __init__(self, model: nn.Module, interpolation: str = "nearest", stack: Optional[nn.Module] = None):
         super().__init__(model, stack=stack)
@@ -159,7 +160,7 @@ class TimmVisionAdapter(_PixelInputsMixin, AttentionAdapter):
         return [m for m in self.stack_root().modules() if _timm_style_attention(m)]
 
     def attention_modules(self) -> List[nn.Module]:
-        return [block.attn_drop for block in self._attention_blocks()]
+        return [block.get_submodule("attn_drop") for block in self._attention_blocks()]
 
     def weights_from_output(self, module: nn.Module, output: Any) -> Optional[torch.Tensor]:
         return output if isinstance(output, torch.Tensor) and output.ndim == 4 else None
@@ -189,7 +190,9 @@ class TimmVisionAdapter(_PixelInputsMixin, AttentionAdapter):
         return check
 
     def patch_size(self) -> Tuple[int, int]:
-        return _pair(_patch_embedding(self.stack_root()).patch_size)
+        embedding = _patch_embedding(self.stack_root())
+        assert embedding is not None  # supports() found it
+        return _pair(embedding.patch_size)
 
 
 # Vision adapters go first: a ViT is also a Hugging Face model, but its inputs are pixels.
