@@ -623,3 +623,15 @@ def test_timm_style_vit_refuses_pixels_changed_inside():
     with pytest.raises(AttentionCaptureError, match="received a tensor of shape \\(2, 3, 16, 16\\) with other"):
         AttentionRollout(lambda x: model(x * 2.0), model=model).attribute(pixels)
     assert_unchanged(model, before)
+
+
+def test_siglip_pooling_head_is_cross_attention_and_refused_as_a_stack():
+    model = tiny_siglip()
+    ids, pixels = torch.randint(3, VOCAB, (1, 4)), torch.randn(1, 3, 8, 8)
+    by_pixels = lambda pixel_values, input_ids: model(  # noqa: E731
+        input_ids=input_ids, pixel_values=pixel_values).logits_per_image
+    head = [m for m in model.modules() if type(m).__name__ == "SiglipMultiheadAttentionPoolingHead"][0]
+    before = snapshot(model)
+    with pytest.raises(AttentionCaptureError, match="cross-attention"):
+        capture_attention(by_pixels, pixels, (ids,), model=model, stack=head)
+    assert_unchanged(model, before)

@@ -54,7 +54,7 @@ from captum_attnflow._validation import (
     padding_mask_to_valid,
     warn_if_rows_do_not_sum_to_one,
 )
-from captum_attnflow.capture.stacks import resolve_stack
+from captum_attnflow.capture.stacks import StackChoice, resolve_stack
 from captum_attnflow.exceptions import (
     AttentionCaptureError,
     InvalidInputError,
@@ -423,7 +423,7 @@ def _observed_or_explicit_mask(adapter: AttentionAdapter, session: CaptureSessio
 def capture_attention(forward_func: Callable, inputs: torch.Tensor, additional_forward_args=None, *,
                       model: Optional[nn.Module] = None, adapter: Optional[AttentionAdapter] = None,
                       head_fusion: Optional[str] = "mean",
-                      attention_mask: Optional[torch.Tensor] = None, stack=None) -> CapturedAttention:
+                      attention_mask: Optional[torch.Tensor] = None, stack: StackChoice = None) -> CapturedAttention:
     """Run ``forward_func(inputs, *additional_forward_args)`` once and capture its attention.
 
     The result can be handed to :func:`~captum_attnflow.functional.attention_rollout`,
