@@ -112,8 +112,8 @@ def candidate_stacks(root: nn.Module, attention_modules: Sequence[nn.Module]) ->
         >>> attention = [m for m in two.modules() if isinstance(m, nn.MultiheadAttention)]
         >>> [name for name, _ in candidate_stacks(two, attention)]
         ['query', 'doc']
-        >>> [name for name, _ in candidate_stacks(two["query"], attention)]
-        ['']
+        >>> [name for name, _ in candidate_stacks(two["query"], attention)]  # one stack: its layer list
+        ['layers']
     """
     targets = {id(m) for m in attention_modules}
     counts = _attention_counts(root, targets)
