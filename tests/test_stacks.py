@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 import transformers as T
-from test_model_restored import assert_unchanged, snapshot
+from helpers import assert_unchanged, snapshot
 from torch import nn
 
 from captum_attnflow import (
