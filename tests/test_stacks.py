@@ -213,6 +213,14 @@ def test_ids_fed_to_t5_decoder_are_refused_not_the_encoder_rollout():
         assert_unchanged(model, before)
 
 
+def test_the_refusals_name_the_encoder_decoder_class_that_exists():
+    import captum_attnflow.attr
+    from captum_attnflow.capture.stacks import SEQ2SEQ_CLASS
+
+    module, name = SEQ2SEQ_CLASS.rsplit(".", 1)
+    assert module == "captum_attnflow.attr" and hasattr(captum_attnflow.attr, name)
+
+
 def test_t5_decoder_as_stack_is_refused_and_encoder_still_works():
     model = tiny_t5()
     with pytest.raises(UnsupportedModelError, match="decoder.*Seq2SeqAttentionAttribution"):
