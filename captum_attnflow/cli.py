@@ -609,15 +609,19 @@ def write_outputs(explanation: Explanation, model, tokenizer, out_dir: str, *, l
         scores = {
             METHOD_TITLES[name]: values[index, : len(tokens)] for name, values in explanation.attributions.items()
         }
-        viz.plot_method_comparison(scores, tokens, path=written[-1],
-                                   title=f"text {index}: {explanation.output_name} = {explanation.outputs[index]:.3f}")
+        # Special tokens draw much of the attention: scaled by them, every word looks the same.
+        hidden, hidden_note = _hidden_special_tokens(explanation, index)
+        viz.plot_method_comparison(scores, tokens, path=written[-1], hide_positions=hidden,
+                                   title=f"text {index}: {explanation.output_name} = {explanation.outputs[index]:.3f}"
+                                         f"{hidden_note}")
         if explanation.layer_maps:
             written.append(os.path.join(out_dir, f"layer_maps_{index}.png"))
             maps = {
                 METHOD_TITLES[name]: values[:, index, : len(tokens)] for name, values in explanation.layer_maps.items()
             }
-            viz.plot_layer_maps(maps, tokens, path=written[-1], title=f"text {index}: {_explained_tokens(explanation)} "
-                                "after each layer")
+            viz.plot_layer_maps(maps, tokens, path=written[-1], hide_positions=hidden,
+                                title=f"text {index}: explaining {_explained_tokens(explanation)}, after each "
+                                      f"layer{hidden_note}")
         if len(tokens) <= viz.MAX_GRAPH_TOKENS:
             written.append(os.path.join(out_dir, f"attention_graph_{index}.png"))
             _write_graph(explanation, index, model, written[-1], layer=layer, head_fusion=head_fusion,
@@ -627,6 +631,16 @@ def write_outputs(explanation: Explanation, model, tokenizer, out_dir: str, *, l
                 f"text {index}: attention graph not drawn ({len(tokens)} tokens; it stays legible up to "
                 f"{viz.MAX_GRAPH_TOKENS}: pass a shorter text for it)")
     return written
+
+
+def _hidden_special_tokens(explanation: Explanation, text_index: int):
+    """Positions of text ``text_index``'s special tokens and a title note naming them ((), "" if none or all)."""
+    special = explanation.special[text_index] if explanation.special else []
+    hidden = [position for position, is_special in enumerate(special) if is_special]
+    if not hidden or len(hidden) == len(special):
+        return [], ""
+    names = ", ".join(dict.fromkeys(explanation.tokens[text_index][position] for position in hidden))
+    return hidden, f"\n({names} not shown, so that they do not set the scale; their scores are in the table)"
 
 
 def _explained_tokens(explanation: Explanation) -> str:
@@ -648,11 +662,10 @@ def _write_graph(explanation: Explanation, text_index: int, model, path: str, *,
     ids = explanation.input_ids[text_index: text_index + 1, : len(tokens)]
     captured = capture_attention(model_forward(model), ids, (torch.ones_like(ids),), model=model,
                                  head_fusion=head_fusion)
-    # A graph has one source: with mean pooling it shows the flow from [CLS], stated in the title.
-    token_index = explanation.token_index
-    source = len(tokens) - 1 if token_index == "last" else token_index if isinstance(token_index, int) else 0
-    viz.plot_attention_graph(captured, tokens, token_index=source, layer=layer, residual_weight=residual_weight,
-                             highlight="flow", path=path)
+    # The graph explains what the rest of the output explains (with mean pooling, every token's
+    # flow, averaged; "last": the last real token), so its input scores are the flow column.
+    viz.plot_attention_graph(captured, tokens, token_index=explanation.token_index, layer=layer,
+                             residual_weight=residual_weight, highlight="flow", path=path)
 
 
 def write_page(explanation: Explanation, path: str) -> str:
