@@ -36,10 +36,10 @@ from captum_attnflow.exceptions import AttentionCaptureError, InvalidParameterEr
 
 StackChoice = Union[str, nn.Module, None]
 
-#: Where a decoder of an encoder-decoder model is explained (built in issue 21).
+#: Where a decoder of an encoder-decoder model is explained.
 SEQ2SEQ_CLASS = "captum_attnflow.attr.Seq2SeqAttentionAttribution"
 SEQ2SEQ_HINT = (f"A decoder reads the encoder through cross-attention, so explaining it needs the encoder-decoder "
-                f"class ({SEQ2SEQ_CLASS}, issue 21); these classes explain the encoder (stack='encoder') only.")
+                f"class ({SEQ2SEQ_CLASS}); these classes explain the encoder (stack='encoder') only.")
 
 
 def resolve_stack(model: nn.Module, stack: StackChoice) -> Optional[nn.Module]:
