@@ -143,3 +143,38 @@ def test_one_networkx_attention_graph_builder():
     from captum_attnflow.visualization import graph as figure_module
 
     assert figure_module.attention_graph is attention_graph is _maxflow.attention_graph
+
+
+#: Private internals of transformers and Captum the package relies on (and transformers' switch whose effect on
+#: them capture undoes); captum_attnflow/_compat.py wraps each, tests/test_compat.py watches them.
+THIRD_PARTY_INTERNALS = {"_attn_implementation", "_attn_implementation_internal", "_can_record_outputs",
+                         "_convert_ids_to_pretty_tokens", "set_attn_implementation"}
+
+
+def private_uses(path: Path) -> set:
+    """Third-party internals used in ``path``: attributes, names given as strings, private imports."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and node.attr in THIRD_PARTY_INTERNALS:
+            found.add(node.attr)
+        elif isinstance(node, ast.Constant) and node.value in THIRD_PARTY_INTERNALS:
+            found.add(node.value)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] in ("transformers", "captum") and any(p.startswith("_") for p in parts):
+                found.add(node.module)
+    return found
+
+
+def test_private_third_party_internals_are_used_only_in_the_compat_module():
+    users = {name: uses for name, path in MODULES.items() if (uses := private_uses(path))}
+    assert set(users) == {"captum_attnflow._compat"}, users
+
+
+def test_private_use_detection_finds_each_kind(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("from captum.attr._core.llm_attr import x\n"
+                       "config._attn_implementation_internal = None\n"
+                       "getattr(model, '_can_record_outputs', None)\n")
+    assert private_uses(planted) == {"captum.attr._core.llm_attr", "_attn_implementation_internal",
+                                     "_can_record_outputs"}

@@ -325,6 +325,25 @@ def test_long_texts_wrap_within_the_width_cap(tmp_path, seq_len):
         assert titles == ["raw", "rollout", "flow"] and len(bars.axes) == 1
 
 
+@pytest.mark.parametrize("plot", ["graph", "comparison", "layer_maps", "image"])
+def test_plots_into_a_subfigure_save_and_return_the_whole_figure(plot, attentions, tmp_path):
+    figure = Figure()
+    inner = figure.subfigures(1, 2)[1].subfigures(2, 1)[0]  # nested: its axes' .figure is a SubFigure
+    path = tmp_path / f"{plot}.png"
+    if plot == "graph":
+        returned = plot_attention_graph(attentions, TOKENS, ax=inner.subplots(), colorbar=False, path=path)
+    elif plot == "comparison":
+        scores = {"rollout": torch.rand(1, 6), "flow": torch.rand(1, 6)}
+        returned = plot_method_comparison(scores, TOKENS, ax=inner.subplots(), path=path)
+    elif plot == "layer_maps":
+        maps = layer_attribution_maps(attentions, methods=("raw", "rollout"))
+        returned = plot_layer_maps(maps, TOKENS, axes=list(inner.subplots(1, 2)), path=path)
+    else:
+        returned = image_overlay(torch.rand(3, 8, 8), torch.rand(3, 8, 8), ax=inner.subplots(), path=path)
+    assert returned is figure
+    read_png(path)
+
+
 # ----------------------------------------------------------------- what the demo's figures explain
 
 

@@ -51,6 +51,7 @@ from captum_attnflow.capture.base import (
     model_lock,
     resolve_model,
 )
+from captum_attnflow.capture.stacks import StackChoice, resolve_stack
 from captum_attnflow.exceptions import (
     AttentionCaptureError,
     InvalidInputTypeError,
@@ -210,6 +211,9 @@ def _live_recording_hooks(adapter: AttentionAdapter, modules: Sequence[nn.Module
     def record(module, _args, output):
         if not session.is_mine():
             return
+        if session.cross_calls.get(id(module)):
+            session.cross_calls[id(module)] -= 1  # cross-attention: never a layer of the self-attention stack
+            return
         weights = adapter.weights_from_output(module, output)
         if weights is None:
             raise AttentionCaptureError(
@@ -280,7 +284,7 @@ def capture_attention_gradients_per_target(forward_func: Callable, inputs: torch
                                            model: Optional[nn.Module] = None,
                                            adapter: Optional[AttentionAdapter] = None,
                                            attention_mask: Optional[torch.Tensor] = None,
-                                           ) -> List[CapturedAttentionGradients]:
+                                           stack: StackChoice = None) -> List[CapturedAttentionGradients]:
     """One forward pass and one backward pass per target: a capture for each of ``targets``.
 
     The weights (every head) are shared by the captures; each target (Captum's forms, see
@@ -290,11 +294,15 @@ def capture_attention_gradients_per_target(forward_func: Callable, inputs: torch
     if not targets:
         raise InvalidParameterError("targets is empty; pass at least one target.")
     if adapter is None:
-        adapter = find_adapter(resolve_model(forward_func, model))
+        owner = resolve_model(forward_func, model)
+        adapter = find_adapter(owner, resolve_stack(owner, stack))
+    elif stack is not None:
+        raise InvalidParameterError("Pass stack= or adapter=, not both: an adapter already knows its stack.")
     forward_args = format_forward_args(additional_forward_args)
     adapter.check_forward_args(forward_func, inputs, forward_args)
     _check_batch_independence(adapter.model)
-    session = CaptureSession(head_fusion=None, training=_warn_if_training(adapter.model))
+    session = CaptureSession(head_fusion=None, training=_warn_if_training(adapter.model),
+                             inputs=inputs if isinstance(inputs, torch.Tensor) else None, forward_args=forward_args)
     if attention_mask is not None and not adapter.observes_padding_mask:
         from captum_attnflow._validation import padding_mask_to_valid
 
@@ -315,14 +323,16 @@ def capture_attention_gradients_per_target(forward_func: Callable, inputs: torch
             grads = grads.masked_fill(~(real[None, :, None, :, None] & real[None, :, None, None, :]), 0.0)
         captures.append(CapturedAttentionGradients(
             attentions=attentions, attention_mask=mask, head_fusion=None, checked=True, outputs=outputs,
-            adapter=adapter, attention_grads=grads, target_outputs=selected.detach()))
+            adapter=adapter, batch_first=session.batch_first, attention_grads=grads,
+            target_outputs=selected.detach()))
     return captures
 
 
 def capture_attention_gradients(forward_func: Callable, inputs: torch.Tensor, additional_forward_args=None, *,
                                 target: Any = None, model: Optional[nn.Module] = None,
                                 adapter: Optional[AttentionAdapter] = None,
-                                attention_mask: Optional[torch.Tensor] = None) -> CapturedAttentionGradients:
+                                attention_mask: Optional[torch.Tensor] = None,
+                                stack: StackChoice = None) -> CapturedAttentionGradients:
     """Run ``forward_func(inputs, *additional_forward_args)`` once, differentiate the target once.
 
     The result can be handed to :func:`~captum_attnflow.functional.attention_rollout` and
@@ -330,8 +340,8 @@ def capture_attention_gradients(forward_func: Callable, inputs: torch.Tensor, ad
     ``"grad_rollout"`` (the gradients travel with it).
 
     Args:
-        forward_func, inputs, additional_forward_args, model, adapter, attention_mask: as in
-            :func:`~captum_attnflow.capture.capture_attention`.
+        forward_func, inputs, additional_forward_args, model, adapter, attention_mask, stack: as
+            in :func:`~captum_attnflow.capture.capture_attention`.
         target: which output to explain, one scalar per example, in Captum's conventions
             (:func:`select_target_outputs`); None when ``forward_func`` returns ``(B,)`` scores.
 
@@ -350,4 +360,4 @@ def capture_attention_gradients(forward_func: Callable, inputs: torch.Tensor, ad
     """
     return capture_attention_gradients_per_target(
         forward_func, inputs, additional_forward_args, targets=[target], model=model, adapter=adapter,
-        attention_mask=attention_mask)[0]
+        attention_mask=attention_mask, stack=stack)[0]
