@@ -14,7 +14,8 @@ transformers (5.x):
   with :func:`restore_attn_implementation`.
 
 Captum (0.8+): ``captum.attr._core.llm_attr._convert_ids_to_pretty_tokens``, the readable
-tokens Captum's LLM classes show, see :func:`pretty_tokens`.
+tokens Captum's LLM classes show, see :func:`pretty_tokens`; ``captum._utils.common._select_targets``,
+how Captum reads ``target`` (the gradient edge weights follow it), see :func:`select_targets`.
 """
 
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
@@ -74,3 +75,11 @@ def pretty_tokens(ids: torch.Tensor, tokenizer: Any) -> List[str]:
     except ImportError:  # Captum 0.7, before the helper: the tokenizer's own tokens
         return list(tokenizer.convert_ids_to_tokens(ids.tolist()))
     return _convert_ids_to_pretty_tokens(ids, tokenizer)
+
+
+def select_targets(output: torch.Tensor, target: Any) -> torch.Tensor:
+    """The outputs ``target`` picks, exactly as Captum's attribution methods pick them (it raises
+    ``AssertionError``, ``IndexError`` ... on a target that does not fit the output)."""
+    from captum._utils.common import _select_targets
+
+    return _select_targets(output, target)

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from captum_attnflow._args import format_forward_args
+from captum_attnflow._compat import select_targets
 from captum_attnflow.capture.base import (
     AttentionAdapter,
     CapturedAttention,
@@ -127,15 +128,13 @@ def select_target_outputs(outputs: Any, target: Any, batch_size: int) -> torch.T
     ``outputs`` is the forward function's return value (a tensor, or a Hugging Face output with
     ``logits``). ``target=None`` needs one scalar per example (shape ``(B,)`` or ``(B, 1)``).
     """
-    from captum._utils.common import _select_targets
-
     output = _output_tensor(outputs)
     if output.ndim == 0 or output.shape[0] != batch_size:
         raise AttentionCaptureError(
             f"forward_func returned shape {tuple(output.shape)}; gradient edge weights need the batch first "
             f"({batch_size} examples).")
     try:
-        selected = _select_targets(output, target)
+        selected = select_targets(output, target)
     except (AssertionError, IndexError, RuntimeError, ValueError) as error:
         raise InvalidParameterError(
             f"target={target!r} cannot select from an output of shape {tuple(output.shape)} ({error}); see "
