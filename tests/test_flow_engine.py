@@ -17,7 +17,7 @@ from references import networkx_flow
 
 from captum_attnflow.capture import capture_attention
 from captum_attnflow.exceptions import InvalidParameterError
-from captum_attnflow.functional import _cost, _maxflow
+from captum_attnflow.functional import _cost, _flow_kernels, _maxflow
 from captum_attnflow.functional.flow import batched_flow_from_transitions, flow_from_transitions
 from captum_attnflow.functional.fusion import transition_matrices
 
@@ -113,7 +113,7 @@ def test_cut_found_for_one_problem_bounds_the_others(monkeypatch):
     flows = _maxflow.max_flow_to_inputs(capacities, [0], work=work)[0]
     np.testing.assert_allclose(flows, networkx_flow(capacities, 0), atol=1e-9)
     assert (flows[1:] < 0.5).all()  # the column cut binds for every other sink
-    monkeypatch.setattr(_maxflow, "MAX_CUTS", 0)  # the same without sharing cuts
+    monkeypatch.setattr(_flow_kernels, "MAX_CUTS", 0)  # the same without sharing cuts
     unshared = np.zeros(5, np.int64)
     np.testing.assert_array_equal(_maxflow.max_flow_to_inputs(capacities, [0], work=unshared)[0], flows)
     assert unshared[2] >= 10 and work[2] <= 3  # BFS phases: a certificate per sink without sharing
@@ -395,14 +395,12 @@ def test_a_full_change_log_falls_back_to_a_whole_reset(monkeypatch):
     full_resets = np.zeros(5, np.int64)
     every_flow(capacities, work=full_resets)
     assert full_resets[3] == 0  # the normal log never fills on this graph
-    workspace = _maxflow._workspace
+    workspace = _maxflow.new_workspace
 
-    def tiny_log_workspace(num_layers, seq_len):
-        space = list(workspace(num_layers, seq_len))
-        space[1] = np.empty(2, np.int64)  # room for two changed entries only
-        return tuple(space)
+    def tiny_log_workspace(num_layers, seq_len):  # room for two changed entries only
+        return workspace(num_layers, seq_len)._replace(change_log=np.empty(2, np.int64))
 
-    monkeypatch.setattr(_maxflow, "_workspace", tiny_log_workspace)
+    monkeypatch.setattr(_maxflow, "new_workspace", tiny_log_workspace)
     work = np.zeros(5, np.int64)
     np.testing.assert_array_equal(every_flow(capacities, work=work), expected)
     assert work[3] > 0  # whole resets happened
