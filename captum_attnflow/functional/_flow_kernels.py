@@ -24,7 +24,7 @@ import numpy as np
 try:  # numba is a declared dependency; without it the kernels stay plain Python (unused).
     import numba
 except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
-    numba = None
+    numba = None  # type: ignore[assignment]
 
 
 def compiled(function):
@@ -82,7 +82,7 @@ class Workspace(NamedTuple):
     level: np.ndarray  # (l+1, S) BFS level of each node (-1: unreached)
     queue: np.ndarray  # (2, nodes) BFS queue: layers, positions
     order: np.ndarray  # (l+1, S) nodes of each layer in BFS order
-    count: np.ndarray  # (l+1,) their count per layer
+    counts: np.ndarray  # (l+1,) their count per layer
     rank: np.ndarray  # (l+1, S) rank of a node in its layer's BFS order
     cursor: np.ndarray  # (4, l+1, S) per node: forward position and end, backward position and end
     # Shared by the problems of one example.
@@ -110,7 +110,7 @@ def new_workspace(num_layers: int, seq_len: int) -> Workspace:
         level=np.empty((layers, seq_len), np.int64),
         queue=np.empty((2, nodes), np.int64),
         order=np.empty((layers, seq_len), np.int64),
-        count=np.empty(layers, np.int64),
+        counts=np.empty(layers, np.int64),
         rank=np.empty((layers, seq_len), np.int64),
         cursor=np.empty((4, layers, seq_len), np.int64),
         out_of_source=np.empty(seq_len),
@@ -514,11 +514,11 @@ def _one_max_flow(capacity, space, source, sink, bound, tol, work):
                              source, sink, tol, bound, work)
         while value < bound - tol:
             work[LATER_PHASES] += 1
-            if not _levels(capacity, residual, space.level, space.order, space.count, space.rank, alive,
+            if not _levels(capacity, residual, space.level, space.order, space.counts, space.rank, alive,
                            space.queue[0], space.queue[1], source, sink, tol, work):
                 state[CUT_FOUND] = 1
                 break
-            value += _blocking_flow(capacity, residual, log, state, space.level, space.order, space.count,
+            value += _blocking_flow(capacity, residual, log, state, space.level, space.order, space.counts,
                                     space.rank, alive, space.cursor, path[0], path[1], path[2], source, sink, tol,
                                     work)
     if state[LOG_FULL]:
@@ -569,16 +569,19 @@ def _store_cut(capacity, level, cut_top, cut_bottom, cut_inner, c):
 
 
 @compiled
-def solve_jobs(capacities, examples, sources, valid, jobs, tol, out, space, work):
+def solve_jobs(capacities, examples, sources, valid, jobs, tol, out, work, *workspace):
     """Solve problems ``jobs`` (indices ``task * S + sink``) into ``out``, on one thread.
 
     ``capacities`` is ``(B, l, S, S)``; problem ``task`` sends flow from node
-    ``(l, sources[task])`` of example ``examples[task]``; ``space`` is this thread's
-    :class:`Workspace` and ``work`` its counters. Work shared between the problems of an
+    ``(l, sources[task])`` of example ``examples[task]``; ``work`` holds this thread's
+    counters and ``workspace`` its :class:`Workspace`, passed spread (``*space``): numba
+    dispatches a call on separate arrays in half the time it takes for a named tuple (5 vs
+    10 µs, a tenth of a call of 6 layers × 16 tokens). Work shared between the problems of an
     example: the trivial cuts' capacities, and up to ``MAX_CUTS`` minimum cuts found for
     earlier problems (each is a cut of every problem of the example, so a later problem whose
     flow reaches one is done without a certifying BFS).
     """
+    space = Workspace(*workspace)
     residual, out_of_source, into_sink = space.residual, space.out_of_source, space.into_sink
     cut_top, cut_bottom, cut_inner = space.cut_top, space.cut_bottom, space.cut_inner
     top, seq_len = capacities.shape[1], capacities.shape[2]
