@@ -645,7 +645,8 @@ def render(results: Dict) -> str:
 
 
 HOW_IT_WORKS = """\
-* **Flow** (`captum_attnflow/functional/_maxflow.py`): Dinic's max-flow algorithm compiled with
+* **Flow** (kernels in `captum_attnflow/functional/_flow_kernels.py`, the driver in `_maxflow.py`,
+  the scipy and networkx references in `_flow_reference.py`): Dinic's max-flow algorithm compiled with
   numba and specialised to the layered attention graph. Capacities and residual capacities are
   dense `(l, S, S)` arrays, so no graph object is built; arcs are implicit (forward to the layer
   below, backward to the layer above). The first phase needs no BFS (from zero flow every path has
@@ -659,7 +660,11 @@ HOW_IT_WORKS = """\
   O(S) for every other source and sink). Later phases label only unlabelled nodes in the BFS and
   walk admissible arcs through per-layer, level-sorted lists. Problems are split into chunks that
   the engine's own threads pull (numba functions releasing the GIL; no numba threading layer);
-  a progress bar appears when a call runs longer than 2 s. Exactness: float64 with a 1e-12
+  a progress bar appears when a call runs longer than 2 s. Small calls avoid fixed costs: each
+  thread keeps its workspace (the residual array and the search's arrays) between calls of the
+  same size, the kernel takes that workspace as separate arrays (numba dispatches them in half a
+  named tuple's time), and a call far under the budget skips the cost estimate (a bound of the
+  estimate decides). Exactness: float64 with a 1e-12
   residual tolerance, so the result is within `l·S²·1e-12` of the true max-flow (checked against
   networkx in the tests).
 * **Rollout** (`AttentionRollout`): the heads are fused inside the attention hooks as each layer
