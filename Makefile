@@ -29,9 +29,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS) tools/install_torch.
 	$(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test,model]"
 	touch $@
 
-# Static checks CI runs before the tests: ruff (config in pyproject.toml).
+# Static checks CI runs before the tests: ruff and mypy (config of both in pyproject.toml).
 lint: install
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 demo: install
 	$(PY) -m captum_attnflow.demo --out demo_output

@@ -35,10 +35,10 @@ def text_figures(out: Path) -> None:
     tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"][0])
     captured = capture_attention(model, encoded["input_ids"], (encoded["attention_mask"],), head_fusion=None)
 
-    viz.plot_attention_graph(captured, tokens, output_token=0, highlight="flow", path=out / "attention_graph.png",
+    viz.plot_attention_graph(captured, tokens, token_index=0, highlight="flow", path=out / "attention_graph.png",
                              title="all-MiniLM-L6-v2: attention flow from [CLS] through the attention graph")
     # [CLS] keeps most of its own explanation; hiding its column lets the words' pattern show.
-    viz.plot_layer_maps(captured.attentions, tokens, output_token=0, hide_positions=(0,),
+    viz.plot_layer_maps(captured.attentions, tokens, token_index=0, hide_positions=(0,),
                         path=out / "layer_maps.png",
                         title="Explaining [CLS] after each layer of all-MiniLM-L6-v2 ([CLS] column hidden)")
 

@@ -48,11 +48,11 @@ def read_png(path):
 # ----------------------------------------------------------------- edge contributions
 
 
-@pytest.mark.parametrize("output_token", [0, 3])
-def test_rollout_edges_deliver_the_rollout_row(attentions, output_token):
+@pytest.mark.parametrize("token_index", [0, 3])
+def test_rollout_edges_deliver_the_rollout_row(attentions, token_index):
     transitions = as_transitions(attentions, example=1)
-    mass = edge_contributions(transitions, output_token, method="rollout")
-    expected = attention_rollout(attentions)[-1, 1, output_token].double().numpy()
+    mass = edge_contributions(transitions, token_index, method="rollout")
+    expected = attention_rollout(attentions)[-1, 1, token_index].double().numpy()
     np.testing.assert_allclose(mass[0].sum(axis=0), expected, atol=1e-6)
     # Conservation: everything leaving a layer arrives at the next one down.
     np.testing.assert_allclose(mass.sum(axis=(1, 2)), np.ones(len(attentions)), atol=1e-6)
@@ -156,7 +156,7 @@ def test_attention_graph_checks_token_count(attentions):
 
 
 def test_layer_attribution_maps_match_functional(attentions):
-    maps = layer_attribution_maps(attentions, output_token=1, example=1)
+    maps = layer_attribution_maps(attentions, token_index=1, example=1)
     assert set(maps) == {"raw", "rollout", "flow"}
     np.testing.assert_allclose(maps["rollout"], attention_rollout(attentions)[:, 1, 1].numpy(), atol=1e-6)
     np.testing.assert_allclose(maps["raw"][2], torch.stack(attentions)[2, 1].mean(0)[1].numpy(), atol=1e-6)

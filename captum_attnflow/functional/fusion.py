@@ -64,8 +64,9 @@ def checked_attentions(attentions, head_fusion: str,
                 "you want.")
         valid = attentions.attention_mask
         if attention_mask is not None:
-            given = check_attention_mask(attention_mask, *attentions.attentions.shape[1:2],
+            given = check_attention_mask(attention_mask, attentions.attentions.shape[1],
                                          attentions.attentions.shape[-1])
+            assert given is not None  # a mask was given, so one is returned
             if valid is None or not torch.equal(given.cpu(), valid.cpu()):
                 raise InvalidInputError(
                     "attention_mask differs from the padding mask the model received when the attentions were "

@@ -75,12 +75,12 @@ def _check_example(example: int, batch_size: int) -> int:
     return example % batch_size
 
 
-def edge_contributions(transitions: np.ndarray, output_token: int, *, method: str = "flow",
+def edge_contributions(transitions: np.ndarray, token_index: int, *, method: str = "flow",
                        input_token: Optional[int] = None) -> np.ndarray:
     """How much of the explained token's attribution each edge of the graph carries.
 
     Returns an array ``E`` shaped like ``transitions``: ``E[l - 1, i, k]`` is the amount on the
-    edge ``(l, i) -> (l - 1, k)``; the source is node ``(L, output_token)``.
+    edge ``(l, i) -> (l - 1, k)``; the source is node ``(L, token_index)``.
 
     * ``"rollout"``: the summed weight of all paths through the edge (products of ``Â`` along
       each path). What reaches input ``j`` is exactly the rollout score of ``j``.
@@ -99,18 +99,18 @@ def edge_contributions(transitions: np.ndarray, output_token: int, *, method: st
     """
     transitions = np.asarray(transitions, dtype=np.float64)
     seq_len = transitions.shape[-1]
-    output_token = check_position(output_token, seq_len, "output_token")
+    token_index = check_position(token_index, seq_len, "token_index")
     if input_token is not None:
         input_token = check_position(input_token, seq_len, "input_token")
     if method == "rollout":
-        return _rollout_contributions(transitions, output_token, input_token)
+        return _rollout_contributions(transitions, token_index, input_token)
     if method == "flow":
         inputs = range(seq_len) if input_token is None else [input_token]
-        return _flow_contributions(transitions, output_token, inputs, normalize=input_token is None)
+        return _flow_contributions(transitions, token_index, inputs, normalize=input_token is None)
     raise InvalidParameterError(f"method={method!r} is not supported; use 'flow' or 'rollout'.")
 
 
-def _rollout_contributions(transitions: np.ndarray, output_token: int,
+def _rollout_contributions(transitions: np.ndarray, token_index: int,
                            input_token: Optional[int]) -> np.ndarray:
     num_layers, seq_len, _ = transitions.shape
     # reach[l][k]: share of node (l, k)'s rollout that ends in the selected input (all: 1).
@@ -121,18 +121,18 @@ def _rollout_contributions(transitions: np.ndarray, output_token: int,
         for layer in range(num_layers - 1):
             reach.append(transitions[layer] @ reach[-1])
     mass = np.zeros_like(transitions)
-    arriving = np.eye(seq_len)[output_token]  # total path weight arriving at each node
+    arriving = np.eye(seq_len)[token_index]  # total path weight arriving at each node
     for layer in range(num_layers - 1, -1, -1):
         mass[layer] = arriving[:, None] * transitions[layer] * reach[layer][None, :]
         arriving = arriving @ transitions[layer]
     return mass
 
 
-def _flow_contributions(transitions: np.ndarray, output_token: int, inputs: Sequence[int],
+def _flow_contributions(transitions: np.ndarray, token_index: int, inputs: Sequence[int],
                         normalize: bool) -> np.ndarray:
     num_layers = transitions.shape[0]
     graph = attention_graph(transitions)
-    source = (num_layers, output_token)
+    source = (num_layers, token_index)
     mass = np.zeros_like(transitions)
     total = 0.0
     for position in inputs:
@@ -147,7 +147,7 @@ def _flow_contributions(transitions: np.ndarray, output_token: int, inputs: Sequ
     return mass
 
 
-def plot_attention_graph(attentions, tokens: Sequence[str], *, output_token: int = 0, layer: int = -1,
+def plot_attention_graph(attentions, tokens: Sequence[str], *, token_index: int = 0, layer: int = -1,
                          highlight: Optional[str] = "flow", input_token: Optional[int] = None,
                          example: int = 0, head_fusion: str = "mean", residual_weight: float = 0.5,
                          ax: Optional[Axes] = None, cmap: str = "plasma_r", title: Optional[str] = None,
@@ -163,7 +163,7 @@ def plot_attention_graph(attentions, tokens: Sequence[str], *, output_token: int
     Args:
         attentions: see :func:`as_transitions` (raw attention, captured attention, or ``Â``).
         tokens: one label per position.
-        output_token: position of the explained token in the top layer drawn.
+        token_index: position of the explained token in the top layer drawn.
         layer: draw the graph up to this layer's output (Python indexing, ``-1`` = all).
         highlight: ``"flow"``, ``"rollout"`` or None (only the graph).
         input_token: highlight only the paths ending in this input.
@@ -195,7 +195,7 @@ def plot_attention_graph(attentions, tokens: Sequence[str], *, output_token: int
     num_layers, seq_len, _ = transitions.shape
     tokens = check_tokens(tokens, seq_len)
     _check_drawable(num_layers, seq_len, allow_large)
-    output_token = check_position(output_token, seq_len, "output_token")
+    token_index = check_position(token_index, seq_len, "token_index")
 
     figure, ax = figure_and_axes(ax, (max(6.0, 0.75 * seq_len + 2.0), max(3.5, 0.7 * num_layers + 2.0)))
     graph = attention_graph(transitions)
@@ -203,17 +203,17 @@ def plot_attention_graph(attentions, tokens: Sequence[str], *, output_token: int
     _draw_weights(graph, positions, ax, faint=highlight is not None)
     scores, mappable = None, None
     if highlight is not None:
-        mass = edge_contributions(transitions, output_token, method=highlight, input_token=input_token)
+        mass = edge_contributions(transitions, token_index, method=highlight, input_token=input_token)
         scores = mass[0].sum(axis=0)
         mappable = _draw_highlight(graph, positions, mass, ax, colormaps[cmap])
         if colorbar:
             figure.colorbar(mappable, ax=ax, shrink=0.8, pad=0.01,
-                            label=f"{highlight} carried from '{tokens[output_token]}'")
-    _draw_nodes(graph, positions, ax, scores, mappable, (num_layers, output_token))
+                            label=f"{highlight} carried from '{tokens[token_index]}'")
+    _draw_nodes(graph, positions, ax, scores, mappable, (num_layers, token_index))
     _label_axes(ax, tokens, num_layers)
     if title is None:
         title = "Attention graph" if highlight is None else (
-            f"Attention {highlight} from '{tokens[output_token]}' (layer {num_layers})")
+            f"Attention {highlight} from '{tokens[token_index]}' (layer {num_layers})")
     ax.set_title(title)
     save_figure(figure, path)
     return figure
@@ -254,8 +254,8 @@ def _draw_nodes(graph: nx.DiGraph, positions: Dict, ax: Axes, scores: Optional[n
                 mappable: Optional[ScalarMappable], output_node: Tuple[int, int]) -> None:
     nodes = list(graph.nodes)
     # Input nodes share the edges' color scale, so a node reads as "this much arrived here".
-    colors = [mappable.to_rgba(scores[position]) if scores is not None and layer == 0 else "white"
-               for layer, position in nodes]
+    colors = [mappable.to_rgba(scores[position]) if scores is not None and mappable is not None and layer == 0
+              else "white" for layer, position in nodes]
     nx.draw_networkx_nodes(graph, positions, nodelist=nodes, ax=ax, node_size=110, node_color=colors,
                            edgecolors="#333333", linewidths=0.8)
     if scores is not None:
