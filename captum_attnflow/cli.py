@@ -549,8 +549,8 @@ def _check_token_index_option(token_index, attention_mask: torch.Tensor) -> None
 # ---------------------------------------------------------------------------- reporting
 
 
-def rank_correlations(explanation: Explanation, index: int, reference: str = REFERENCE) -> Dict[str, float]:
-    """Spearman correlation of each method's |scores| with the reference's, over the words of text ``index``.
+def rank_correlations(explanation: Explanation, text_index: int, reference: str = REFERENCE) -> Dict[str, float]:
+    """Spearman correlation of each method's |scores| with the reference's, over the words of text ``text_index``.
 
     Special tokens are left out (IG and ablation never move them, so they score 0 there);
     NaN where a ranking is constant (see :func:`~captum_attnflow.evaluation.spearman_correlation`).
@@ -559,30 +559,30 @@ def rank_correlations(explanation: Explanation, index: int, reference: str = REF
 
     if reference not in explanation.attributions:
         return {}
-    words = [position for position, special in enumerate(explanation.special[index]) if not special]
-    reference_scores = explanation.attributions[reference][index, words].abs()
-    return {name: spearman_correlation(scores[index, words].abs(), reference_scores)
+    words = [position for position, special in enumerate(explanation.special[text_index]) if not special]
+    reference_scores = explanation.attributions[reference][text_index, words].abs()
+    return {name: spearman_correlation(scores[text_index, words].abs(), reference_scores)
             for name, scores in explanation.attributions.items()}
 
 
-def format_table(explanation: Explanation, index: int) -> str:
+def format_table(explanation: Explanation, text_index: int) -> str:
     """Plain-text table of one text: a row per token, a column per method.
 
     Each column is divided by its largest |score| so that methods with different units fit
     one table; the last row is each method's Spearman correlation with feature ablation.
     """
     names = list(explanation.attributions)
-    tokens = explanation.tokens[index]
+    tokens = explanation.tokens[text_index]
     width = max(10, *(len(METHOD_TITLES[name]) for name in names)) + 2
     columns = []
     for name in names:
-        column = explanation.attributions[name][index, : len(tokens)].double()
+        column = explanation.attributions[name][text_index, : len(tokens)].double()
         columns.append(column / column.abs().max().clamp_min(1e-12))
     header = f"{'token':<14}" + "".join(f"{METHOD_TITLES[name]:>{width}}" for name in names)
     lines = ["each column divided by its largest |score| (so its top token shows 1.000)", header, "-" * len(header)]
     for position, token in enumerate(tokens):
         lines.append(f"{token[:13]:<14}" + "".join(f"{column[position].item():>{width}.3f}" for column in columns))
-    correlations = rank_correlations(explanation, index)
+    correlations = rank_correlations(explanation, text_index)
     if correlations:
         lines.append("-" * len(header))
         lines.append(f"{'Spearman':<14}" + "".join(f"{correlations[name]:>{width}.2f}" for name in names))
@@ -609,15 +609,19 @@ def write_outputs(explanation: Explanation, model, tokenizer, out_dir: str, *, l
         scores = {
             METHOD_TITLES[name]: values[index, : len(tokens)] for name, values in explanation.attributions.items()
         }
-        viz.plot_method_comparison(scores, tokens, path=written[-1],
-                                   title=f"text {index}: {explanation.output_name} = {explanation.outputs[index]:.3f}")
+        # Special tokens draw much of the attention: scaled by them, every word looks the same.
+        hidden, hidden_note = _hidden_special_tokens(explanation, index)
+        viz.plot_method_comparison(scores, tokens, path=written[-1], hide_positions=hidden,
+                                   title=f"text {index}: {explanation.output_name} = {explanation.outputs[index]:.3f}"
+                                         f"{hidden_note}")
         if explanation.layer_maps:
             written.append(os.path.join(out_dir, f"layer_maps_{index}.png"))
             maps = {
                 METHOD_TITLES[name]: values[:, index, : len(tokens)] for name, values in explanation.layer_maps.items()
             }
-            viz.plot_layer_maps(maps, tokens, path=written[-1], title=f"text {index}: {_explained_tokens(explanation)} "
-                                "after each layer")
+            viz.plot_layer_maps(maps, tokens, path=written[-1], hide_positions=hidden,
+                                title=f"text {index}: explaining {_explained_tokens(explanation)}, after each "
+                                      f"layer{hidden_note}")
         if len(tokens) <= viz.MAX_GRAPH_TOKENS:
             written.append(os.path.join(out_dir, f"attention_graph_{index}.png"))
             _write_graph(explanation, index, model, written[-1], layer=layer, head_fusion=head_fusion,
@@ -629,6 +633,16 @@ def write_outputs(explanation: Explanation, model, tokenizer, out_dir: str, *, l
     return written
 
 
+def _hidden_special_tokens(explanation: Explanation, text_index: int):
+    """Positions of text ``text_index``'s special tokens and a title note naming them ((), "" if none or all)."""
+    special = explanation.special[text_index] if explanation.special else []
+    hidden = [position for position, is_special in enumerate(special) if is_special]
+    if not hidden or len(hidden) == len(special):
+        return [], ""
+    names = ", ".join(dict.fromkeys(explanation.tokens[text_index][position] for position in hidden))
+    return hidden, f"\n({names} not shown, so that they do not set the scale; their scores are in the table)"
+
+
 def _explained_tokens(explanation: Explanation) -> str:
     token_index = explanation.token_index
     if token_index == "mean":
@@ -638,21 +652,20 @@ def _explained_tokens(explanation: Explanation) -> str:
     return "[CLS]" if token_index == 0 else f"the token at position {token_index}"
 
 
-def _write_graph(explanation: Explanation, index: int, model, path: str, *, layer: int, head_fusion: str,
+def _write_graph(explanation: Explanation, text_index: int, model, path: str, *, layer: int, head_fusion: str,
                  residual_weight: float) -> None:
     from captum_attnflow import visualization as viz
     from captum_attnflow.capture import capture_attention
 
-    tokens = explanation.tokens[index]
+    tokens = explanation.tokens[text_index]
     # Re-run the example without its padding: the graph is drawn over real tokens only.
-    ids = explanation.input_ids[index: index + 1, : len(tokens)]
+    ids = explanation.input_ids[text_index: text_index + 1, : len(tokens)]
     captured = capture_attention(model_forward(model), ids, (torch.ones_like(ids),), model=model,
                                  head_fusion=head_fusion)
-    # A graph has one source: with mean pooling it shows the flow from [CLS], stated in the title.
-    token_index = explanation.token_index
-    source = len(tokens) - 1 if token_index == "last" else token_index if isinstance(token_index, int) else 0
-    viz.plot_attention_graph(captured, tokens, token_index=source, layer=layer, residual_weight=residual_weight,
-                             highlight="flow", path=path)
+    # The graph explains what the rest of the output explains (with mean pooling, every token's
+    # flow, averaged; "last": the last real token), so its input scores are the flow column.
+    viz.plot_attention_graph(captured, tokens, token_index=explanation.token_index, layer=layer,
+                             residual_weight=residual_weight, highlight="flow", path=path)
 
 
 def write_page(explanation: Explanation, path: str) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as T
-from test_model_restored import PaddedEncoder, assert_unchanged, snapshot, tiny_bert, tiny_vit
+from helpers import PaddedEncoder, assert_unchanged, snapshot, tiny_bert, tiny_vit
 from torch import nn
 
 from captum_attnflow import (

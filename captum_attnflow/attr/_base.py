@@ -29,6 +29,7 @@ from captum_attnflow._validation import (
 )
 from captum_attnflow.capture import AttentionAdapter, CapturedAttention, capture_attention
 from captum_attnflow.capture.custom import WeightsReader, make_adapter
+from captum_attnflow.capture.stacks import StackChoice
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
 from captum_attnflow.functional import FLOW_BACKENDS, check_token_index
 from captum_attnflow.functional.positions import TokenIndex
@@ -69,6 +70,11 @@ class AttentionAttributionBase(Attribution):
             the weights for other output formats.
         attention_fn: instead of hooks, ``callable(inputs, *additional_forward_args)`` returning
             the L per-layer ``(B, H, S, S)`` weights; ``model`` is then optional.
+        stack: the attention stack to explain when the model holds several (the two towers of
+            CLIP/SigLIP or of a dual encoder): a submodule of ``model`` or its dotted name, e.g.
+            ``stack="text_model"`` or ``stack=model.vision_model``. Without it a model with several
+            stacks is refused with the candidates listed. Every call checks that the stack
+            received ``inputs`` (see :mod:`captum_attnflow.capture.stacks`).
 
     The padding mask is read from the model's own call for Hugging Face and PyTorch models
     (see :mod:`captum_attnflow.capture`); with ``attention_modules`` or ``attention_fn`` it
@@ -87,10 +93,10 @@ class AttentionAttributionBase(Attribution):
                  adapter: Optional[AttentionAdapter] = None,
                  attention_modules: Optional[Sequence[nn.Module]] = None,
                  weights_from_output: Optional[WeightsReader] = None,
-                 attention_fn: Optional[Callable] = None) -> None:
+                 attention_fn: Optional[Callable] = None, stack: StackChoice = None) -> None:
         super().__init__(forward_func)
         self.adapter = make_adapter(forward_func, model, adapter=adapter, attention_modules=attention_modules,
-                                    weights_from_output=weights_from_output, attention_fn=attention_fn)
+                                    weights_from_output=weights_from_output, attention_fn=attention_fn, stack=stack)
         self.model = self.adapter.model if self.adapter.model is not None else model
 
     @property
@@ -121,7 +127,7 @@ class AttentionAttributionBase(Attribution):
         scores = self._propagate(captured, token_index=token_index, layer=layer, return_all_layers=return_all_layers,
                                  head_fusion=head_fusion, **options)
         scores = self._to_input_shape(scores if return_all_layers else scores[None], inputs, token_index,
-                                      return_patch_grid)
+                                      return_patch_grid, captured.batch_first)
         scores = scores if return_all_layers else scores[0]
         return (scores,) if was_tuple else scores
 
@@ -160,9 +166,13 @@ class AttentionAttributionBase(Attribution):
         if num_layers is not None and layer is not None:
             check_layer(layer, num_layers)
 
-    def _to_input_shape(self, scores: torch.Tensor, inputs: torch.Tensor, token_index, return_patch_grid: bool):
-        """``(n, B, [P,] S)`` token scores onto the inputs' shape, row by row for several positions."""
-        options = {"return_patch_grid": True} if return_patch_grid else {}
+    def _to_input_shape(self, scores: torch.Tensor, inputs: torch.Tensor, token_index, return_patch_grid: bool,
+                        batch_first: Optional[bool] = None):
+        """``(n, B, [P,] S)`` token scores onto the inputs' shape, row by row for several positions
+        (``batch_first``: the layout of ``inputs`` seen during capture, where the adapter saw it)."""
+        options: Dict[str, Any] = {"return_patch_grid": True} if return_patch_grid else {}
+        if batch_first is not None:
+            options["batch_first"] = batch_first
         if not _multi_row(token_index):
             return self.adapter.scores_to_inputs(scores, inputs, **options)
         num_layers, batch_size, num_rows, seq_len = scores.shape

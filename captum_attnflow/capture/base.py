@@ -22,6 +22,10 @@ Guarantees of a capture:
   different models run concurrently.
 * **One pass of the attention stack.** A forward function that runs the model twice is an
   error, not 2·L layers.
+* **The stack that received ``inputs``.** A model with several attention stacks (two towers,
+  a dual encoder) needs ``stack=``; the hooked stack must receive ``inputs`` (same values,
+  order and batch), and cross-attention is never recorded as self-attention; see
+  :mod:`captum_attnflow.capture.stacks`.
 * **Values are checked per head, before fusion**: NaN/inf, negative weights and weights
   above 1 raise :class:`~captum_attnflow.exceptions.InvalidInputError` (rows of padded
   queries, which may see nothing but padding, are zeroed first).
@@ -50,6 +54,7 @@ from captum_attnflow._validation import (
     padding_mask_to_valid,
     warn_if_rows_do_not_sum_to_one,
 )
+from captum_attnflow.capture.stacks import StackChoice, resolve_stack
 from captum_attnflow.exceptions import (
     AttentionCaptureError,
     InvalidInputError,
@@ -74,6 +79,8 @@ class CapturedAttention(AttentionWeights):
 
     outputs: Any = None
     adapter: Optional["AttentionAdapter"] = None
+    #: Whether ``inputs`` are batch-first as the stack received them (None: the adapter's default).
+    batch_first: Optional[bool] = None
 
 
 @dataclass
@@ -88,6 +95,15 @@ class CaptureSession:
     #: Calls of the module that runs the attention stack.
     stack_calls: int = 0
     recorded: List[torch.Tensor] = field(default_factory=list)
+    #: The attributed inputs and extra arguments, for the check that the stack received them.
+    inputs: Optional[torch.Tensor] = None
+    forward_args: Tuple = ()
+    #: Set by the adapter's hook once the stack's call was checked against ``inputs``.
+    stack_checked: bool = False
+    #: Layout of ``inputs`` as the stack received them (None: the adapter's default).
+    batch_first: Optional[bool] = None
+    #: Pending calls of attention modules that are cross-attention (not recorded), per module.
+    cross_calls: Dict[int, int] = field(default_factory=dict)
 
     def is_mine(self) -> bool:
         """Hooks act only on the forward pass of the thread that installed them."""
@@ -129,12 +145,29 @@ class AttentionAdapter:
     #: caller must pass it as ``attention_mask=`` (user functions, user-named modules).
     observes_padding_mask = False
 
-    def __init__(self, model: Optional[nn.Module]):
+    def __init__(self, model: Optional[nn.Module], stack: Optional[nn.Module] = None):
         self.model = model
+        #: The attention stack chosen with ``stack=`` (a submodule of ``model``), or None.
+        self.stack = stack
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
         raise NotImplementedError
+
+    @classmethod
+    def supports_stack(cls, model: nn.Module, stack: nn.Module) -> bool:
+        """Whether the adapter explains the submodule ``stack`` of ``model`` (default: it supports ``stack``)."""
+        return cls.supports(stack)
+
+    def check_stack(self) -> None:
+        """Refuse a model holding several attention stacks when none was chosen (see :mod:`.stacks`)."""
+
+    def stack_root(self) -> nn.Module:
+        """Where the attention modules are looked for: the chosen stack, else the model."""
+        root = self.stack if self.stack is not None else self.model
+        if root is None:
+            raise AttentionCaptureError(f"The '{self.name}' adapter has no model to look for attention in.")
+        return root
 
     def attention_modules(self) -> List[nn.Module]:
         """Modules whose forward output carries one layer's attention weights, in layer order."""
@@ -178,7 +211,7 @@ class AttentionAdapter:
 
     def stack_module(self) -> Optional[nn.Module]:
         """The module that runs the whole attention stack once per forward pass (calls are counted)."""
-        return self.model if isinstance(self.model, nn.Module) else None
+        return self.stack if self.stack is not None else (self.model if isinstance(self.model, nn.Module) else None)
 
     def record(self, forward_func: Callable, inputs: torch.Tensor, forward_args: Tuple,
                session: CaptureSession) -> Any:
@@ -242,11 +275,25 @@ def registered_adapters() -> List[Type[AttentionAdapter]]:
     return list(_ADAPTERS)
 
 
-def find_adapter(model: nn.Module) -> AttentionAdapter:
-    """The first registered adapter that supports ``model``."""
+def find_adapter(model: nn.Module, stack: Optional[nn.Module] = None) -> AttentionAdapter:
+    """The first registered adapter that supports ``model`` (or its submodule ``stack``).
+
+    A model with several attention stacks and no ``stack`` is refused (the error lists them).
+    """
     for adapter_cls in _ADAPTERS:
-        if adapter_cls.supports(model):
-            return adapter_cls(model)
+        if stack is None and adapter_cls.supports(model):
+            adapter = adapter_cls(model)
+        elif stack is not None and adapter_cls.supports_stack(model, stack):
+            adapter = adapter_cls(model, stack=stack)
+        else:
+            continue
+        adapter.check_stack()
+        return adapter
+    if stack is not None:
+        raise UnsupportedModelError(
+            f"No attention adapter supports the stack {type(stack).__name__} of {type(model).__name__}; choose a "
+            "stack holding Hugging Face or nn.MultiheadAttention attention layers, or name its attention modules "
+            "with attention_modules=[...].")
     names = ", ".join(a.name for a in _ADAPTERS)
     raise UnsupportedModelError(
         f"No attention adapter supports {type(model).__name__}. Supported automatically: Hugging Face "
@@ -282,6 +329,9 @@ def _recording_hooks(adapter: AttentionAdapter, modules: Sequence[nn.Module], se
     def record(module, _args, output):
         if not session.is_mine():
             return  # another thread using the model: neither recorded nor disturbed
+        if session.cross_calls.get(id(module)):
+            session.cross_calls[id(module)] -= 1  # cross-attention: never a layer of the self-attention stack
+            return
         weights = adapter.weights_from_output(module, output)
         if weights is None:
             raise AttentionCaptureError(
@@ -373,7 +423,7 @@ def _observed_or_explicit_mask(adapter: AttentionAdapter, session: CaptureSessio
 def capture_attention(forward_func: Callable, inputs: torch.Tensor, additional_forward_args=None, *,
                       model: Optional[nn.Module] = None, adapter: Optional[AttentionAdapter] = None,
                       head_fusion: Optional[str] = "mean",
-                      attention_mask: Optional[torch.Tensor] = None) -> CapturedAttention:
+                      attention_mask: Optional[torch.Tensor] = None, stack: StackChoice = None) -> CapturedAttention:
     """Run ``forward_func(inputs, *additional_forward_args)`` once and capture its attention.
 
     The result can be handed to :func:`~captum_attnflow.functional.attention_rollout`,
@@ -392,6 +442,8 @@ def capture_attention(forward_func: Callable, inputs: torch.Tensor, additional_f
             every head.
         attention_mask: the ``(B, S)`` padding mask, for adapters that cannot see the one the model
             receives (``attention_fn=``, user-named modules); elsewhere it must equal that one.
+        stack: the attention stack to explain when the model holds several (a submodule or its
+            dotted name, e.g. ``"text_model"``); see :mod:`captum_attnflow.capture.stacks`.
 
     Example:
         >>> from transformers import BertConfig, BertModel
@@ -405,10 +457,14 @@ def capture_attention(forward_func: Callable, inputs: torch.Tensor, additional_f
     if head_fusion is not None:
         check_head_fusion(head_fusion)
     if adapter is None:
-        adapter = find_adapter(resolve_model(forward_func, model))
+        owner = resolve_model(forward_func, model)
+        adapter = find_adapter(owner, resolve_stack(owner, stack))
+    elif stack is not None:
+        raise InvalidParameterError("Pass stack= or adapter=, not both: an adapter already knows its stack.")
     forward_args = format_forward_args(additional_forward_args)
     adapter.check_forward_args(forward_func, inputs, forward_args)
-    session = CaptureSession(head_fusion=head_fusion, training=_warn_if_training(adapter.model))
+    session = CaptureSession(head_fusion=head_fusion, training=_warn_if_training(adapter.model),
+                             inputs=inputs if isinstance(inputs, torch.Tensor) else None, forward_args=forward_args)
     if attention_mask is not None and not adapter.observes_padding_mask:
         # Known before the forward pass: the hooks zero the rows of padded queries with it.
         session.observed_mask = padding_mask_to_valid(attention_mask)
@@ -418,7 +474,7 @@ def capture_attention(forward_func: Callable, inputs: torch.Tensor, additional_f
     attentions = torch.stack(session.recorded)
     mask = _observed_or_explicit_mask(adapter, session, attention_mask, attentions.shape[1], attentions.shape[-1])
     return CapturedAttention(attentions=attentions, attention_mask=mask, head_fusion=head_fusion, checked=True,
-                             outputs=outputs, adapter=adapter)
+                             outputs=outputs, adapter=adapter, batch_first=session.batch_first)
 
 
 def _check_layer_count(adapter: AttentionAdapter, session: CaptureSession) -> None:

@@ -23,6 +23,7 @@ from torch import nn
 
 from captum_attnflow.capture._sequence import check_sequence_inputs, scores_to_sequence_inputs
 from captum_attnflow.capture.base import AttentionAdapter, CaptureSession, find_adapter, resolve_model
+from captum_attnflow.capture.stacks import StackChoice, resolve_stack
 from captum_attnflow.exceptions import AttentionCaptureError, InvalidParameterError, UnsupportedModelError
 
 WeightsReader = Callable[[nn.Module, Any], Optional[torch.Tensor]]
@@ -144,12 +145,18 @@ def make_adapter(forward_func: Callable, model: Optional[nn.Module] = None, *,
                  adapter: Optional[AttentionAdapter] = None,
                  attention_modules: Optional[Sequence[nn.Module]] = None,
                  weights_from_output: Optional[WeightsReader] = None,
-                 attention_fn: Optional[Callable] = None) -> AttentionAdapter:
-    """The adapter the Captum classes use, from their constructor options (at most one route)."""
+                 attention_fn: Optional[Callable] = None, stack: StackChoice = None) -> AttentionAdapter:
+    """The adapter the Captum classes use, from their constructor options (at most one route).
+
+    ``stack`` (a submodule or its dotted name) chooses the attention stack of a model holding
+    several; without it such a model is refused (see :mod:`captum_attnflow.capture.stacks`).
+    """
     routes = [name for name, value in (("adapter", adapter), ("attention_modules", attention_modules),
-                                       ("attention_fn", attention_fn)) if value is not None]
+                                       ("attention_fn", attention_fn), ("stack", stack)) if value is not None]
     if len(routes) > 1:
-        raise InvalidParameterError(f"Pass only one of adapter, attention_modules, attention_fn; got {routes}.")
+        raise InvalidParameterError(
+            f"Pass only one of adapter, attention_modules, attention_fn, stack; got {routes} (stack= chooses among "
+            "the stacks an automatic adapter finds; the others already say where the attention is).")
     if weights_from_output is not None and attention_modules is None:
         raise InvalidParameterError("weights_from_output is only used with attention_modules=[...].")
     if adapter is not None:
@@ -163,4 +170,4 @@ def make_adapter(forward_func: Callable, model: Optional[nn.Module] = None, *,
     owner = resolve_model(forward_func, model)
     if attention_modules is not None:
         return ModuleAttentionAdapter(owner, attention_modules, weights_from_output)
-    return find_adapter(owner)
+    return find_adapter(owner, resolve_stack(owner, stack))

@@ -6,7 +6,10 @@ attention for the call and the exact previous setting is written back afterwards
 Models of the older style (DeBERTa-v2) declare nothing and return weights only when
 asked with ``output_attentions=True``; their innermost attention modules are asked
 for the call. Encoder-decoder models (T5, BART) are explained through their encoder's
-self-attention: decoder and cross-attention are left unhooked.
+self-attention: decoder and cross-attention are left unhooked, and ``inputs`` that feed the
+decoder are refused. A model holding several stacks (CLIP's towers, a dual encoder) is
+explained one tower at a time, chosen with ``stack=``; the stack's own call must carry
+``inputs`` (see :mod:`captum_attnflow.capture.stacks`).
 
 The padding mask is the ``attention_mask`` argument of the model's own call: a forward
 pre-hook on the base model (``model.base_model``, or the encoder of an encoder-decoder)
@@ -31,13 +34,29 @@ from captum_attnflow._compat import (
 )
 from captum_attnflow._validation import check_attention_mask
 from captum_attnflow.capture.base import AttentionAdapter, CaptureSession, register_adapter
-from captum_attnflow.exceptions import AttentionCaptureError, InvalidInputError, InvalidInputTypeError
+from captum_attnflow.capture.stacks import (
+    SEQ2SEQ_HINT,
+    candidate_stacks,
+    check_received,
+    module_name,
+    refuse_ambiguous,
+    refuse_dropped_mask,
+    same_tensor,
+)
+from captum_attnflow.exceptions import (
+    AttentionCaptureError,
+    InvalidInputError,
+    InvalidInputTypeError,
+    UnsupportedModelError,
+)
 
 #: Parameters of a Hugging Face ``forward`` that a positional extra argument may fill: a
 #: tensor landing anywhere else (``past_key_values`` of GPT-2, say) is a misplaced argument.
 POSITIONAL_SLOTS = ("attention_mask", "token_type_ids", "position_ids", "labels", "decoder_input_ids",
                     "decoder_attention_mask", "pixel_mask", "head_mask", "bool_masked_pos",
                     "interpolate_pos_encoding")
+#: Arguments of a stack's call that carry what ``inputs`` should be, in order of preference.
+_INPUT_ARGUMENTS = ("input_ids", "pixel_values", "inputs_embeds")
 
 
 def _pretrained_models(model: nn.Module) -> List[PreTrainedModel]:
@@ -166,6 +185,55 @@ def _encoder_of(pretrained: PreTrainedModel) -> Optional[nn.Module]:
     return None
 
 
+def _decoder_of(pretrained: nn.Module) -> Optional[nn.Module]:
+    """The decoder stack of an encoder-decoder model, else None."""
+    if getattr(pretrained.config, "is_encoder_decoder", False) and hasattr(pretrained, "get_decoder"):
+        try:
+            decoder = pretrained.get_decoder()  # type: ignore[operator]  # hasattr above
+        except (AttributeError, NotImplementedError):
+            return None
+        if isinstance(decoder, nn.Module) and decoder is not pretrained:
+            return decoder
+    return None
+
+
+def _contains(outer: nn.Module, inner: nn.Module) -> bool:
+    return any(m is inner for m in outer.modules())
+
+
+def _owner_of_stack(model: nn.Module, stack: nn.Module) -> Optional[PreTrainedModel]:
+    """The PreTrainedModel whose recorders describe ``stack``: the innermost one holding it that
+    declares recorders, else the outermost one holding it (older models declare none)."""
+    holders = [m for m in _pretrained_models(model) if _contains(m, stack)]  # outermost first
+    declared = [m for m in holders if _attention_specs(m)]
+    return declared[-1] if declared else (holders[0] if holders else None)
+
+
+def _self_attention_modules(owner: nn.Module, root: nn.Module) -> Tuple[List[nn.Module], Dict[int, int]]:
+    """The self-attention modules of ``owner`` inside ``root`` and, per module, where its output
+    holds the weights."""
+    specs = _attention_specs(owner)
+    if not specs:
+        found = _legacy_attention_modules(root)
+        return found, {id(m): 1 for m in found}
+    in_root = {id(m) for m in root.modules()}
+    found, indices = [], {}
+    for spec in specs:
+        # Names relative to the owner, as the specs' layer names are written.
+        for name, module in owner.named_modules():
+            if id(module) in in_root and _matches(name, module, spec) and id(module) not in indices:
+                indices[id(module)] = spec[1]
+                found.append(module)
+    return found, indices
+
+
+def _top_level_pretrained(model: nn.Module) -> List[PreTrainedModel]:
+    """PreTrainedModels not inside another one (a dual encoder's two encoders, say)."""
+    pretrained = _pretrained_models(model)
+    inner = {id(m) for p in pretrained for m in p.modules() if m is not p}
+    return [p for p in pretrained if id(p) not in inner]
+
+
 class HuggingFaceAdapter(AttentionAdapter):
     """Self-attention of Hugging Face models, found through ``_can_record_outputs``."""
 
@@ -181,8 +249,14 @@ class HuggingFaceAdapter(AttentionAdapter):
         return any(_attention_specs(m) for m in pretrained_models) or any(
             _legacy_attention_modules(m) for m in pretrained_models[:1])
 
+    @classmethod
+    def supports_stack(cls, model: nn.Module, stack: nn.Module) -> bool:
+        owner = _owner_of_stack(model, stack)
+        return owner is not None and bool(_self_attention_modules(owner, stack)[0])
+
     def _owner(self) -> PreTrainedModel:
-        """The outermost PreTrainedModel that declares attention recorders (else the outermost).
+        """The outermost PreTrainedModel that declares attention recorders (else the outermost);
+        with ``stack=``, the one describing the stack.
 
         Found once per adapter: walking every module on each call costs more than a small
         model's forward pass.
@@ -190,14 +264,38 @@ class HuggingFaceAdapter(AttentionAdapter):
         owner = self.__dict__.get("_found_owner")
         if owner is None:
             pretrained_models = _pretrained_models(self.model)
-            if not pretrained_models:
+            if self.stack is not None:
+                owner = _owner_of_stack(self.model, self.stack)
+            elif pretrained_models:
+                owner = next((m for m in pretrained_models if _attention_specs(m)), pretrained_models[0])
+            if owner is None:
                 raise AttentionCaptureError(f"{type(self.model).__name__} holds no Hugging Face model.")
-            owner = next((m for m in pretrained_models if _attention_specs(m)), pretrained_models[0])
             self._found_owner = owner
         return owner
 
+    def check_stack(self) -> None:
+        """A chosen decoder of an encoder-decoder is refused; without ``stack=``, several stacks are."""
+        if self.stack is not None:
+            for pretrained in _pretrained_models(self.model):
+                decoder = _decoder_of(pretrained)
+                if decoder is not None and _contains(decoder, self.stack):
+                    raise UnsupportedModelError(
+                        f"stack={module_name(self.model, self.stack)} is (inside) the decoder of the encoder-decoder "
+                        f"{type(pretrained).__name__}. {SEQ2SEQ_HINT}")
+            return
+        # Each top-level model's own stack (the encoder of an encoder-decoder), then the towers inside.
+        modules: List[nn.Module] = []
+        for top in _top_level_pretrained(self.model):
+            modules += _self_attention_modules(top, _encoder_of(top) or top)[0]
+        candidates = candidate_stacks(self.model, modules)
+        if len(candidates) > 1:
+            refuse_ambiguous(self.model, candidates)
+
     def stack_module(self) -> nn.Module:
-        """The base model (or the encoder of an encoder-decoder): it receives the padding mask."""
+        """The chosen stack, else the base model (or the encoder of an encoder-decoder): it
+        receives the inputs and the padding mask."""
+        if self.stack is not None:
+            return self.stack
         owner = self._owner()
         encoder = _encoder_of(owner)
         if encoder is not None:
@@ -214,31 +312,30 @@ class HuggingFaceAdapter(AttentionAdapter):
         """The self-attention modules and, per module, where its output holds the weights."""
         owner = self._owner()
         # Only the encoder's self-attention of encoder-decoder models: one stack, one sequence.
-        root = _encoder_of(owner) or owner
-        specs = _attention_specs(owner)
-        if not specs:
-            found = _legacy_attention_modules(root)
-            return found, {id(m): 1 for m in found}
-        in_root = {id(m) for m in root.modules()}
-        found, indices = [], {}
-        for spec in specs:
-            # Names relative to the owner, as the specs' layer names are written.
-            for name, module in owner.named_modules():
-                if id(module) in in_root and _matches(name, module, spec) and id(module) not in indices:
-                    indices[id(module)] = spec[1]
-                    found.append(module)
-        return found, indices
+        root = self.stack if self.stack is not None else (_encoder_of(owner) or owner)
+        return _self_attention_modules(owner, root)
 
     def expected_num_layers(self) -> Optional[int]:
         """The config's layer count (ALBERT-style shared layers run one module several times)."""
-        layers = getattr(self._owner().config, "num_hidden_layers", None)
+        holder = self._owner() if self.stack is None else self.stack
+        layers = getattr(getattr(holder, "config", None), "num_hidden_layers", None)
         if not isinstance(layers, int) or len(self.attention_modules()) > layers:
             return None
         return layers
 
+    def _input_embeddings(self) -> Optional[nn.Module]:
+        """The embedding table of the stack's tokens (two-tower parents raise NotImplementedError)."""
+        for holder in (self.stack, self._owner()):
+            get_embeddings = getattr(holder, "get_input_embeddings", None)
+            if callable(get_embeddings):
+                try:
+                    return get_embeddings()
+                except (NotImplementedError, AttributeError):
+                    continue
+        return None
+
     def vocabulary_size(self) -> Optional[int]:
-        embeddings = self._owner().get_input_embeddings()
-        return getattr(embeddings, "num_embeddings", None)
+        return getattr(self._input_embeddings(), "num_embeddings", None)
 
     def weights_from_output(self, module: nn.Module, output: Any) -> Optional[torch.Tensor]:
         if not isinstance(output, (tuple, list)):
@@ -282,6 +379,8 @@ class HuggingFaceAdapter(AttentionAdapter):
             except TypeError:
                 return None  # the model itself will refuse the call
             session.observed_mask = _padding_mask_of_call(arguments, type(module).__name__)
+            if not session.stack_checked:
+                self._check_stack_call(arguments, session)
             return None
 
         handle = source.register_forward_pre_hook(observe, with_kwargs=True)
@@ -289,6 +388,52 @@ class HuggingFaceAdapter(AttentionAdapter):
             yield
         finally:
             handle.remove()
+        if session.recorded and not session.stack_checked and session.inputs is not None:
+            raise AttentionCaptureError(
+                f"The attention layers of the stack {self._stack_name()} ran, but the stack itself was not called "
+                "(forward_func calls its inner modules directly), so nothing shows that it received `inputs`. "
+                "Call the model (or the module that receives the input ids / pixels) in forward_func, or choose "
+                "that module with stack=....")
+
+    def _stack_name(self) -> str:
+        return module_name(self.model, self.stack_module())
+
+    def _seq2seq_hint(self) -> str:
+        """For a refusal inside an encoder-decoder: where its decoder is explained (walks the model)."""
+        if any(_decoder_of(p) is not None for p in _pretrained_models(self.model)):
+            return " If `inputs` feed the decoder (decoder_input_ids), that is not supported here: " + SEQ2SEQ_HINT
+        return ""
+
+    def _check_stack_call(self, arguments: Dict[str, Any], session: CaptureSession) -> None:
+        """The stack received ``inputs``: ids or pixels unchanged, or the embeddings of the ids."""
+        session.stack_checked = True
+        inputs = session.inputs
+        if inputs is None:
+            return
+        argument = next((name for name in _INPUT_ARGUMENTS if isinstance(arguments.get(name), torch.Tensor)), None)
+        received = arguments.get(argument) if argument else None
+        if isinstance(received, torch.Tensor) and argument == "inputs_embeds" and not inputs.is_floating_point():
+            # Token ids embedded by the wrapper: the stack must get exactly their embedding lookup.
+            embeddings = self._input_embeddings()
+            if embeddings is None or tuple(received.shape[:2]) != tuple(inputs.shape) or not same_tensor(
+                    received, embeddings(inputs.to(received.device))):
+                raise AttentionCaptureError(
+                    f"The explained attention stack {self._stack_name()} received inputs_embeds of shape "
+                    f"{tuple(received.shape)} that are not the input embeddings of `inputs` (token ids "
+                    f"{tuple(inputs.shape)}), so its attention may not explain `inputs`. Pass input_ids to the "
+                    "model, or embed them with model.get_input_embeddings() unchanged." + self._seq2seq_hint())
+            received = inputs
+        try:
+            check_received(received, inputs, stack=self._stack_name, argument=argument or "input")
+        except AttentionCaptureError as error:
+            hint = self._seq2seq_hint()
+            if not hint:
+                raise
+            raise AttentionCaptureError(f"{error}{hint}") from None
+        if session.observed_mask is None and inputs.ndim == 2 and not inputs.is_floating_point():
+            shape = (int(inputs.shape[0]), int(inputs.shape[1]))
+            refuse_dropped_mask(session.forward_args, shape, list(arguments.values()), stack=self._stack_name,
+                                bool_only=False)
 
     @contextlib.contextmanager
     def prepared(self, session: CaptureSession):

@@ -18,7 +18,8 @@ from torch import nn
 
 from captum_attnflow._validation import check_pixel_values
 from captum_attnflow.capture.base import AttentionAdapter, register_adapter
-from captum_attnflow.capture.huggingface import HuggingFaceAdapter, _pretrained_models
+from captum_attnflow.capture.huggingface import HuggingFaceAdapter, _owner_of_stack, _pretrained_models
+from captum_attnflow.capture.stacks import check_received, module_name
 from captum_attnflow.exceptions import AttentionCaptureError, InvalidParameterError
 
 #: Upsampling modes for the pixel map (``torch.nn.functional.interpolate`` names).
@@ -98,18 +99,28 @@ class HuggingFaceVisionAdapter(_PixelInputsMixin, HuggingFaceAdapter):
 
     name = "huggingface-vision"
 
-    def __init__(self, model: nn.Module, interpolation: str = "nearest"):
-        super().__init__(model)
+    def __init__(self, model: nn.Module, interpolation: str = "nearest", stack: Optional[nn.Module] = None):
+        super().__init__(model, stack=stack)
         self.interpolation = interpolation
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
         pretrained = _pretrained_models(model)
-        return bool(pretrained) and getattr(pretrained[0], "main_input_name", None) == "pixel_values" \
-            and getattr(pretrained[0].config, "patch_size", None) is not None and HuggingFaceAdapter.supports(model)
+        return bool(pretrained) and _reads_pixels(pretrained[0]) and HuggingFaceAdapter.supports(model)
+
+    @classmethod
+    def supports_stack(cls, model: nn.Module, stack: nn.Module) -> bool:
+        """A tower that reads pixels (CLIP's or SigLIP's ``vision_model``, a ViT inside a wrapper)."""
+        owner = _owner_of_stack(model, stack)
+        return owner is not None and _reads_pixels(owner) and HuggingFaceAdapter.supports_stack(model, stack)
 
     def patch_size(self) -> Tuple[int, int]:
         return _pair(self._owner().config.patch_size)
+
+
+def _reads_pixels(pretrained: nn.Module) -> bool:
+    return getattr(pretrained, "main_input_name", None) == "pixel_values" \
+        and getattr(pretrained.config, "patch_size", None) is not None
 
 
 def _timm_style_attention(module: nn.Module) -> bool:
@@ -137,8 +148,8 @@ class TimmVisionAdapter(_PixelInputsMixin, AttentionAdapter):
     name = "timm-vit"
     model: nn.Module  # adapters found by supports(model) always have one
 
-    def __init__(self, model: nn.Module, interpolation: str = "nearest"):
-        super().__init__(model)
+    def __init__(self, model: nn.Module, interpolation: str = "nearest", stack: Optional[nn.Module] = None):
+        super().__init__(model, stack=stack)
         self.interpolation = interpolation
 
     @classmethod
@@ -146,7 +157,7 @@ class TimmVisionAdapter(_PixelInputsMixin, AttentionAdapter):
         return _patch_embedding(model) is not None and any(_timm_style_attention(m) for m in model.modules())
 
     def _attention_blocks(self) -> List[nn.Module]:
-        return [m for m in self.model.modules() if _timm_style_attention(m)]
+        return [m for m in self.stack_root().modules() if _timm_style_attention(m)]
 
     def attention_modules(self) -> List[nn.Module]:
         return [block.get_submodule("attn_drop") for block in self._attention_blocks()]
@@ -158,16 +169,28 @@ class TimmVisionAdapter(_PixelInputsMixin, AttentionAdapter):
     def prepared(self, session):
         blocks = self._attention_blocks()
         saved = [block.fused_attn for block in blocks]
+        handle = self.stack_root().register_forward_pre_hook(self._pixels_check(session), with_kwargs=True)
         try:
             for block in blocks:
                 block.fused_attn = False  # the unfused path materialises the weights
             yield
         finally:
+            handle.remove()
             for block, value in zip(blocks, saved):
                 block.fused_attn = value
 
+    def _pixels_check(self, session):
+        """A pre-hook: the model's first argument (timm's ``x``) is ``inputs``, unchanged."""
+        def check(module, args, kwargs):
+            if session.is_mine() and not session.stack_checked:
+                session.stack_checked = True
+                received = args[0] if args else kwargs.get("x")
+                check_received(received, session.inputs, stack=lambda: module_name(self.model, module),
+                               argument="pixels")
+        return check
+
     def patch_size(self) -> Tuple[int, int]:
-        embedding = _patch_embedding(self.model)
+        embedding = _patch_embedding(self.stack_root())
         assert embedding is not None  # supports() found it
         return _pair(embedding.patch_size)
 

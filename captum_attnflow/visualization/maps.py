@@ -186,8 +186,8 @@ def _draw_map(ax: Axes, array: np.ndarray, tokens: Sequence[str], name: str, cma
 
 
 def plot_method_comparison(attributions: Mapping[str, object], tokens: Sequence[str], *, example: int = 0,
-                           ax: Optional[Axes] = None, title: Optional[str] = None,
-                           path: Optional[PathLike] = None) -> Figure:
+                           hide_positions: Sequence[int] = (), ax: Optional[Axes] = None,
+                           title: Optional[str] = None, path: Optional[PathLike] = None) -> Figure:
     """Grouped bars: every method's score per token, each scaled by its largest magnitude.
 
     Scaling makes methods with different units (a distribution for rollout and flow,
@@ -199,6 +199,9 @@ def plot_method_comparison(attributions: Mapping[str, object], tokens: Sequence[
         attributions: ``{method name: (S,) or (B, S) scores}``.
         tokens: one label per position.
         example: which example of batched scores to draw.
+        hide_positions: positions left out of the bars *and of the scaling*, e.g. ``[CLS]`` and
+            ``[SEP]``, which attention methods of a mean-pooled model score far above every word:
+            scaled by them, every word's bar is equally short and the ranking disappears.
         ax: axes to draw into; by default a new figure.
         title: figure title.
         path: also save the figure there.
@@ -215,14 +218,19 @@ def plot_method_comparison(attributions: Mapping[str, object], tokens: Sequence[
             array = array[_check_example(example, array.shape[0])]
         if array.ndim != 1:
             raise InvalidInputError(f"Scores of '{name}' must have shape (S,) or (B, S); got {array.shape}.")
-        peak = np.abs(array).max()
-        rows[name] = array / peak if peak > 0 else array
+        rows[name] = array
     if not rows:
         raise InvalidInputError("attributions is empty; pass at least one method.")
     seq_len = len(next(iter(rows.values())))
     tokens = check_tokens(tokens, seq_len)
     if any(len(row) != seq_len for row in rows.values()):
         raise InvalidInputError("Every method must score the same number of tokens.")
+    hidden = {check_position(position, seq_len, "hide_positions") for position in hide_positions}
+    shown = [position for position in range(seq_len) if position not in hidden]
+    if not shown:
+        raise InvalidParameterError("hide_positions hides every token; keep at least one.")
+    rows = {name: _scaled_by_peak(row[shown]) for name, row in rows.items()}
+    tokens, seq_len = [tokens[position] for position in shown], len(shown)
     inches_per_token = 0.55 * max(1.0, len(rows) / 3)
     if ax is not None:
         figure, axes, lines = root_figure(ax), [ax], [range(seq_len)]
@@ -241,6 +249,11 @@ def plot_method_comparison(attributions: Mapping[str, object], tokens: Sequence[
         (axes[0].set_title if ax is not None else figure.suptitle)(title)
     save_figure(figure, path)
     return figure
+
+
+def _scaled_by_peak(row: np.ndarray) -> np.ndarray:
+    peak = np.abs(row).max()
+    return row / peak if peak > 0 else row
 
 
 def _draw_bars(ax: Axes, rows: Dict[str, np.ndarray], tokens: Sequence[str], width_tokens: int,
