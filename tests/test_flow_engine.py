@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ from references import networkx_flow
 
 from captum_attnflow.capture import capture_attention
 from captum_attnflow.exceptions import InvalidParameterError
-from captum_attnflow.functional import _cost, _maxflow
+from captum_attnflow.functional import _cost, _flow_kernels, _maxflow
 from captum_attnflow.functional.flow import batched_flow_from_transitions, flow_from_transitions
 from captum_attnflow.functional.fusion import transition_matrices
 
@@ -113,10 +114,31 @@ def test_cut_found_for_one_problem_bounds_the_others(monkeypatch):
     flows = _maxflow.max_flow_to_inputs(capacities, [0], work=work)[0]
     np.testing.assert_allclose(flows, networkx_flow(capacities, 0), atol=1e-9)
     assert (flows[1:] < 0.5).all()  # the column cut binds for every other sink
-    monkeypatch.setattr(_maxflow, "MAX_CUTS", 0)  # the same without sharing cuts
+    monkeypatch.setattr(_flow_kernels, "MAX_CUTS", 0)  # the same without sharing cuts
+    monkeypatch.setattr(_maxflow, "_thread_workspaces", threading.local())  # no workspace kept from before
     unshared = np.zeros(5, np.int64)
     np.testing.assert_array_equal(_maxflow.max_flow_to_inputs(capacities, [0], work=unshared)[0], flows)
     assert unshared[2] >= 10 and work[2] <= 3  # BFS phases: a certificate per sink without sharing
+
+
+def test_workspace_kept_between_calls_carries_nothing_over(monkeypatch):
+    # A small call reuses its thread's workspace from the previous call; the cuts stored for
+    # one graph must not bound the problems of the next one (a cut of graph A is no cut of B).
+    rng = np.random.default_rng(5)
+    peaked = sparse_capacities(rng, 4, 10, density=1.0)
+    peaked[:, 0, :] *= 0.03 / peaked[:, 0, 1:].sum(axis=-1, keepdims=True)
+    peaked[:, 0, 0] = 0.97  # from source 0, every sink's minimum cut is a stored, shared one
+    graphs = [peaked, sparse_capacities(rng, 4, 10, density=0.4), peaked, softmax_capacities(4, 10, 1.0)]
+    fresh = []
+    for graph in graphs:
+        monkeypatch.setattr(_maxflow, "_thread_workspaces", threading.local())
+        fresh.append(_maxflow.max_flow_to_inputs(graph, [0, 3]))
+    monkeypatch.setattr(_maxflow, "_thread_workspaces", threading.local())
+    kept = [_maxflow.max_flow_to_inputs(graph, [0, 3]) for graph in graphs]
+    assert _maxflow._thread_workspaces.space.residual.shape == (4, 10, 10)  # it was kept
+    for graph, expected, got in zip(graphs, fresh, kept):
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_allclose(got[0], networkx_flow(graph, 0), atol=1e-9)
 
 
 def test_one_batched_call_equals_per_example_calls():
@@ -344,6 +366,25 @@ def test_cost_estimate_grows_with_the_problem():
     assert per_example.num_problems == 6 * 32
 
 
+@pytest.mark.parametrize("seq_len", [8, 64, 256, 512])
+def test_quick_budget_check_admits_only_what_the_estimate_admits(seq_len):
+    # The fast path of small calls never admits a call the full estimate would refuse; it
+    # does admit small ones, and refuses ones near the budget (left to the estimate).
+    admitted = 0
+    for depth in (1, 6, 12, 24):
+        for batch_size in (1, 8, 64):
+            for positions in (1, seq_len):
+                depths = list(range(1, depth + 1)) if positions == 1 else [depth]
+                problems = batch_size * positions * seq_len * len(depths)
+                if _cost.clearly_within_budget(problems, depth, seq_len, batch_size):
+                    admitted += 1
+                    cost = _cost.estimate_flow_cost(depths, seq_len, batch_size, positions)
+                    assert cost.seconds <= _cost.FLOW_TIME_BUDGET_S
+                    assert cost.memory_bytes <= _cost.FLOW_MEMORY_BUDGET_BYTES
+    assert admitted > 0 if seq_len <= 64 else True
+    assert not _cost.clearly_within_budget(64 * 512 * 512, 12, 512, 64)
+
+
 def test_memory_estimate_counts_the_batch():
     # The engine's own allocations for a batch (tracemalloc sees numpy's) stay under the
     # estimate, and the estimate grows with the batch (it once assumed one example).
@@ -395,14 +436,13 @@ def test_a_full_change_log_falls_back_to_a_whole_reset(monkeypatch):
     full_resets = np.zeros(5, np.int64)
     every_flow(capacities, work=full_resets)
     assert full_resets[3] == 0  # the normal log never fills on this graph
-    workspace = _maxflow._workspace
+    workspace = _maxflow.new_workspace
 
-    def tiny_log_workspace(num_layers, seq_len):
-        space = list(workspace(num_layers, seq_len))
-        space[1] = np.empty(2, np.int64)  # room for two changed entries only
-        return tuple(space)
+    def tiny_log_workspace(num_layers, seq_len):  # room for two changed entries only
+        return workspace(num_layers, seq_len)._replace(change_log=np.empty(2, np.int64))
 
-    monkeypatch.setattr(_maxflow, "_workspace", tiny_log_workspace)
+    monkeypatch.setattr(_maxflow, "new_workspace", tiny_log_workspace)
+    monkeypatch.setattr(_maxflow, "_thread_workspaces", threading.local())  # no workspace kept from before
     work = np.zeros(5, np.int64)
     np.testing.assert_array_equal(every_flow(capacities, work=work), expected)
     assert work[3] > 0  # whole resets happened

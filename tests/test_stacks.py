@@ -26,10 +26,10 @@ from captum_attnflow import (
     RawAttention,
     UnsupportedModelError,
 )
-from captum_attnflow.toy import word_level_tokenizer
 from captum_attnflow.capture import capture_attention
 from captum_attnflow.capture.stacks import candidate_stacks, same_tensor
 from captum_attnflow.functional import attention_rollout
+from captum_attnflow.toy import word_level_tokenizer
 
 METHODS = (AttentionRollout, AttentionFlow, RawAttention)
 DIM, HEADS, VOCAB = 16, 2, 50

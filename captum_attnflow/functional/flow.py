@@ -7,6 +7,7 @@ the list of explained ``positions`` (a resolved ``token_index``), for users who 
 attention themselves.
 """
 
+import itertools
 from concurrent.futures import Executor
 from numbers import Integral
 from typing import Any, Dict, List, Optional, Sequence
@@ -88,7 +89,8 @@ def batched_flow_from_transitions(transitions: np.ndarray, positions: Sequence[S
     if normalize:
         totals = flows.sum(axis=1, keepdims=True)
         flows = np.divide(flows, totals, out=np.zeros_like(flows), where=totals > 0)
-    return np.split(flows, np.cumsum([len(p) for p in positions])[:-1])
+    stops = np.cumsum([len(p) for p in positions]).tolist()
+    return [flows[start:stop] for start, stop in zip([0] + stops[:-1], stops)]
 
 
 def _flows_on_executor(transitions, positions, valid, normalize, backend, executor, chunk_size):
@@ -177,6 +179,10 @@ def _check_budget(graphs: np.ndarray, positions: List[List[int]], layers: List[i
     batch_size, _, seq_len, _ = graphs.shape
     depths = [layer + 1 for layer in layers]
     counts = [len(p) for p in positions]
+    if _maxflow.resolve_backend(backend) == "numba" and _cost.clearly_within_budget(
+            sum(counts) * seq_len * repeats * len(depths), max(depths), seq_len, batch_size):
+        check_flag("allow_large", allow_large)
+        return  # the estimate would admit it too (small calls skip its ~15 µs)
     estimate: Dict[str, Any] = dict(backend=backend, repeats=repeats, residual_weight=residual_weight)
     cost = estimate_flow_cost(depths, seq_len, batch_size, counts, **estimate)
     if not allow_large and cost.seconds > _cost.FLOW_TIME_BUDGET_S and _maxflow.resolve_backend(backend) == "numba":
@@ -188,8 +194,9 @@ def _check_budget(graphs: np.ndarray, positions: List[List[int]], layers: List[i
 
 def _flattened(positions: Sequence[Sequence[int]]):
     """``(examples, positions)`` arrays, one entry per explained position, for the engine."""
-    examples = np.concatenate([np.full(len(p), b, dtype=np.int64) for b, p in enumerate(positions)])
-    return examples, np.concatenate([np.asarray(p, dtype=np.int64) for p in positions])
+    counts = [len(p) for p in positions]
+    examples = np.repeat(np.arange(len(positions), dtype=np.int64), counts)
+    return examples, np.fromiter(itertools.chain.from_iterable(positions), dtype=np.int64, count=sum(counts))
 
 
 def _flow_rows(graphs: np.ndarray, positions: List[List[int]], layers: List[int], **options) -> torch.Tensor:
