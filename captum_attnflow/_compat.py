@@ -15,6 +15,9 @@ transformers (5.x):
 
 Captum (0.8+): ``captum.attr._core.llm_attr._convert_ids_to_pretty_tokens``, the readable
 tokens Captum's LLM classes show, see :func:`pretty_tokens`.
+
+numba: ``numba.np.ufunc.parallel._is_initialized``, whether numba's threading layer has started,
+see :func:`numba_threads_started`.
 """
 
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
@@ -74,3 +77,18 @@ def pretty_tokens(ids: torch.Tensor, tokenizer: Any) -> List[str]:
     except ImportError:  # Captum 0.7, before the helper: the tokenizer's own tokens
         return list(tokenizer.convert_ids_to_tokens(ids.tolist()))
     return _convert_ids_to_pretty_tokens(ids, tokenizer)
+
+
+def numba_threads_started() -> bool:
+    """Whether numba's threading layer has started (``numba.set_num_threads`` starts it).
+
+    ``numba.get_num_threads()`` starts the layer when it has not, and starting the OpenMP layer
+    resets OpenMP's thread count, which is torch's: a user's ``torch.set_num_threads(1)`` would
+    silently become 2. The flow engine asks numba only once the layer runs. Unknown (the internal
+    moved): ``True``, so a user's ``numba.set_num_threads`` is still honoured.
+    """
+    try:
+        from numba.np.ufunc import parallel
+    except ImportError:
+        return False
+    return bool(getattr(parallel, "_is_initialized", True))
