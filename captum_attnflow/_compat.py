@@ -16,6 +16,9 @@ transformers (5.x):
 Captum (0.8+): ``captum.attr._core.llm_attr._convert_ids_to_pretty_tokens``, the readable
 tokens Captum's LLM classes show, see :func:`pretty_tokens`; ``captum._utils.common._select_targets``,
 how Captum reads ``target`` (the gradient edge weights follow it), see :func:`select_targets`.
+
+numba: ``numba.np.ufunc.parallel._is_initialized``, whether numba's threading layer has started,
+see :func:`numba_threads_started`.
 """
 
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
@@ -83,3 +86,18 @@ def select_targets(output: torch.Tensor, target: Any) -> torch.Tensor:
     from captum._utils.common import _select_targets
 
     return _select_targets(output, target)
+
+
+def numba_threads_started() -> bool:
+    """Whether numba's threading layer has started (``numba.set_num_threads`` starts it).
+
+    ``numba.get_num_threads()`` starts the layer when it has not, and starting the OpenMP layer
+    resets OpenMP's thread count, which is torch's: a user's ``torch.set_num_threads(1)`` would
+    silently become 2. The flow engine asks numba only once the layer runs. Unknown (the internal
+    moved): ``True``, so a user's ``numba.set_num_threads`` is still honoured.
+    """
+    try:
+        from numba.np.ufunc import parallel
+    except ImportError:
+        return False
+    return bool(getattr(parallel, "_is_initialized", True))

@@ -5,6 +5,9 @@ transformers or Captum fails here, loudly, instead of capture quietly returning 
 leaving a user's model switched to eager attention.
 """
 
+import subprocess
+import sys
+
 import captum
 import pytest
 import torch
@@ -157,3 +160,15 @@ def test_default_generation_arguments_are_captums():
     assert {k: DEFAULT_GEN_ARGS[k] for k in captum_defaults if k in DEFAULT_GEN_ARGS} == captum_defaults, changed(
         "captum", "its default generation arguments", "captum_attnflow/capture/llm.py:DEFAULT_GEN_ARGS")
     assert all(DEFAULT_GEN_ARGS[k] is None for k in set(DEFAULT_GEN_ARGS) - set(captum_defaults))
+
+
+def test_numba_says_whether_its_threading_layer_has_started():
+    """numba_threads_started reads numba's private flag: in a fresh process it is False until the
+    layer starts, True after (if numba renames it, update captum_attnflow._compat.numba_threads_started)."""
+    code = ("from numba.np.ufunc import parallel; import numba; "
+            "from captum_attnflow._compat import numba_threads_started as started; "
+            "assert hasattr(parallel, '_is_initialized'), 'numba moved _is_initialized'; "
+            "before = started(); numba.set_num_threads(1); print(before, started())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"], result.stdout

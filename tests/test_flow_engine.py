@@ -295,6 +295,10 @@ def test_progress_bar_appears_once_a_call_runs_long(capsys, monkeypatch):
     monkeypatch.setattr(_maxflow, "PROGRESS_AFTER_S", 0.0)  # every call is now "long"
     every_flow(capacities)
     assert "attention flow" in capsys.readouterr().err
+    # A call whose one chunk is already done when the bar is first considered (a first call that
+    # waited for numba to compile the engine, say) has nothing left to show: no bar.
+    every_flow(softmax_capacities(2, 4, 2.0))
+    assert "attention flow" not in capsys.readouterr().err
 
 
 # --- cost model ---------------------------------------------------------------------------------

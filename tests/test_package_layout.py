@@ -148,7 +148,7 @@ def test_one_networkx_attention_graph_builder():
 #: Private internals of transformers and Captum the package relies on (and transformers' switch whose effect on
 #: them capture undoes); captum_attnflow/_compat.py wraps each, tests/test_compat.py watches them.
 THIRD_PARTY_INTERNALS = {"_attn_implementation", "_attn_implementation_internal", "_can_record_outputs",
-                         "_convert_ids_to_pretty_tokens", "set_attn_implementation"}
+                         "_convert_ids_to_pretty_tokens", "set_attn_implementation", "_is_initialized"}
 
 
 def private_uses(path: Path) -> set:

@@ -1,6 +1,8 @@
 """Two or more threads attributing with the same model get the serial results, and the
 model is restored, even when some of the concurrent calls fail."""
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -119,3 +121,17 @@ def test_captures_of_the_same_model_never_overlap():
         list(pool.map(lambda job: explainers[job[0]].attribute(job[1][0], additional_forward_args=(job[1][1],)), jobs))
     assert len(overlaps) == len(jobs) and max(overlaps) == 1
     assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_flow_leaves_torchs_thread_count_as_the_user_set_it(threads):
+    """Asking numba for its thread count starts its OpenMP layer, which reset torch's count
+    (torch.set_num_threads(1) became 2 after the first flow call); in a fresh process."""
+    code = ("import torch; torch.set_num_threads(%d); "
+            "from captum_attnflow.functional import attention_flow; "
+            "attention = torch.softmax(torch.randn(3, 2, 2, 6, 6), -1); "
+            "attention_flow(attention, token_index='all', show_progress=False); "
+            "print(torch.get_num_threads())" % threads)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == str(threads)

@@ -43,6 +43,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 from numpy.typing import ArrayLike
 
+from captum_attnflow._compat import numba_threads_started
 from captum_attnflow.exceptions import InvalidParameterError
 from captum_attnflow.functional._flow_kernels import (
     BFS_STEPS,
@@ -87,8 +88,16 @@ def check_backend(backend: str) -> str:
 
 
 def worker_count() -> int:
-    """Threads the compiled engine spreads one call over (1 without numba)."""
-    return numba.get_num_threads() if numba is not None else 1
+    """Threads the compiled engine spreads one call over (1 without numba): numba's thread count
+    once its threading layer runs (``numba.set_num_threads`` is honoured), else
+    ``NUMBA_NUM_THREADS``; asking numba earlier would start its OpenMP layer, which resets torch's
+    thread count (:func:`captum_attnflow._compat.numba_threads_started`)."""
+    if numba is None:
+        return 1
+    if numba_threads_started():
+        return numba.get_num_threads()
+    # numba.config sets its settings at import time, out of mypy's sight.
+    return int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
 
 
 def resolve_backend(backend: str) -> str:
@@ -150,7 +159,10 @@ class _Progress:
         self.bar = tqdm(total=self.total, initial=done, desc="attention flow", unit="max-flow")
 
     def update_to(self, done: int) -> None:
-        if self.bar is None and self.show is None and time.monotonic() - self.start > PROGRESS_AFTER_S:
+        # Only while work remains: a call whose first chunk finished it (after numba compiled
+        # the engine, say) has nothing left to show.
+        running_long = time.monotonic() - self.start > PROGRESS_AFTER_S
+        if self.bar is None and self.show is None and done < self.total and running_long:
             self._open(done)
         elif self.bar is not None and done > self.bar.n:
             self.bar.update(done - self.bar.n)
