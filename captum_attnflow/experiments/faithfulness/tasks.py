@@ -178,7 +178,8 @@ def _embed(net: nn.Module, encoded: Dict[str, torch.Tensor], batch_size: int = 1
         for start in range(0, encoded["input_ids"].shape[0], batch_size):
             ids = encoded["input_ids"][start:start + batch_size]
             mask = encoded["attention_mask"][start:start + batch_size]
-            parts.append(F.normalize(_mean_pool(net(input_ids=ids, attention_mask=mask).last_hidden_state, mask), dim=-1))
+            hidden = net(input_ids=ids, attention_mask=mask).last_hidden_state
+            parts.append(F.normalize(_mean_pool(hidden, mask), dim=-1))
     return torch.cat(parts)
 
 
@@ -197,14 +198,24 @@ def load_minilm(tiny: bool = False):
     return AutoModel.from_pretrained(path).eval(), tokenizer
 
 
+_POOLS: Dict[Tuple[int, int], Tuple[List[str], torch.Tensor]] = {}
+
+
+def _pool_similarity(model: nn.Module, tokenizer, pool_size: int, data_dir) -> Tuple[List[str], torch.Tensor]:
+    """The sentence pool and its cosine matrix (diagonal -2: nobody is their own neighbour), once per model."""
+    key = (id(model), pool_size)
+    if key not in _POOLS:
+        pool = sentence_pool(pool_size, data_dir)
+        embeddings = _embed(model, tokenizer(pool, return_tensors="pt", padding=True))
+        similarity = embeddings @ embeddings.T
+        _POOLS[key] = (pool, similarity.fill_diagonal_(-2.0))
+    return _POOLS[key]
+
+
 def build_minilm(seed: int, n_examples: int, *, quick: bool = False, data_dir=None, pool_size: int = 1500,
                  loaded: Optional[Tuple[nn.Module, Any]] = None) -> Task:
     model, tokenizer = loaded or load_minilm(tiny=quick)
-    pool = sentence_pool(pool_size, data_dir)
-    encoded_pool = tokenizer(pool, return_tensors="pt", padding=True)
-    embeddings = _embed(model, encoded_pool)
-    similarity = embeddings @ embeddings.T
-    similarity.fill_diagonal_(-2.0)
+    pool, similarity = _pool_similarity(model, tokenizer, 200 if quick else pool_size, data_dir)
     # The seed only chooses which sentences are explained; each is paired with its nearest neighbour.
     chosen = np.random.default_rng(seed).choice(len(pool), size=min(n_examples, len(pool)), replace=False)
     partners = similarity[torch.as_tensor(chosen)].argmax(-1).tolist()
@@ -265,10 +276,13 @@ def digits_split(split_seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch
 
 
 def train_vit(seed: int, epochs: int = 20, *, quick: bool = False):
-    """The tutorial's tiny ViT (4 layers, 4 heads, hidden 64, 4x4 patches), trained with ``seed``."""
+    """The tutorial's tiny ViT (4 layers, 4 heads, hidden 64, 4x4 patches), trained with ``seed``
+    (``quick``: a 2-layer, hidden-16 one on 256 training images)."""
     from transformers import ViTConfig, ViTForImageClassification
 
     train_x, train_y, test_x, test_y = digits_split()
+    if quick:
+        train_x, train_y = train_x[:256], train_y[:256]
     torch.manual_seed(seed)
     config = ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=16 if quick else 64,
                        num_hidden_layers=2 if quick else 4, num_attention_heads=2 if quick else 4,
