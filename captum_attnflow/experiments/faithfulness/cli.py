@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sva-subset", type=int, default=SvaScale.subset,
                         help=f"SVA: examples kept before the split (default {SvaScale.subset})")
     parser.add_argument("--out", type=Path, default=Path("runs/faithfulness"),
-                        help="per-example values, one .npz/.json per task and seed (default runs/faithfulness)")
+                        help="per-example values, one .npz/.json per task and seed, and the trained models in "
+                             "OUT/models (reused when present: delete them to retrain) (default runs/faithfulness)")
     parser.add_argument("--results-dir", type=Path, default=None,
                         help="where faithfulness.md/.csv/.png go (default OUT/results)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the values in --out")
@@ -112,8 +113,9 @@ def run(args: argparse.Namespace) -> int:
         for task_name, seed in tqdm(jobs, desc="tasks x seeds", disable=args.no_progress):
             tick, cpu_tick = time.perf_counter(), time.process_time()
             n_examples = args.examples or (QUICK_EXAMPLES if quick else EXAMPLES[task_name])
-            options = {"sva": {"scale": SvaScale(subset=args.sva_subset)}, "minilm": {"loaded": minilm},
-                       "vit": {"epochs": args.vit_epochs}}[task_name]
+            options = {"sva": {"scale": SvaScale(subset=args.sva_subset), "cache_dir": args.out / "models"},
+                       "minilm": {"loaded": minilm},
+                       "vit": {"epochs": args.vit_epochs, "cache_dir": args.out / "models"}}[task_name]
             task = build_task(task_name, seed, n_examples, quick=quick, **options)
             result = evaluate_task(task, methods, bins=AOPC_BINS, progress=not args.no_progress)
             result.info["total_s"] = time.perf_counter() - tick

@@ -15,6 +15,7 @@
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -102,11 +103,28 @@ class SvaScale:
     n_validation: int = 600
 
 
+def _cached_model(cache: Optional[Path], train: Callable[[], Tuple[nn.Module, dict]],
+                  rebuild: Callable[[dict], nn.Module]) -> Tuple[nn.Module, dict]:
+    """Train, or load the model ``train`` saved earlier at ``cache`` (a rerun then only re-scores)."""
+    if cache is not None and cache.is_file():
+        payload = torch.load(cache, map_location="cpu", weights_only=False)
+        model = rebuild(payload["config"])
+        model.load_state_dict(payload["state_dict"])
+        return model.eval(), dict(payload["info"], loaded_from_cache=True)
+    model, info = train()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        config = model.config.to_dict()
+        torch.save({"config": config, "state_dict": model.state_dict(), "info": info}, cache)
+    return model.eval(), info
+
+
 def build_sva(seed: int, n_examples: int, *, quick: bool = False, scale: Optional[SvaScale] = None,
-              data_dir=None, progress: bool = False) -> Task:
+              data_dir=None, progress: bool = False, cache_dir: Optional[Path] = None) -> Task:
     from dataclasses import replace
 
     from captum_attnflow.experiments.sva.data import collate
+    from captum_attnflow.experiments.sva.model import SvaConfig, SvaTransformer
     from captum_attnflow.experiments.sva.train import TrainSettings, accuracy_by_group, prepare_data, train_model
 
     scale = scale or SvaScale()
@@ -117,8 +135,14 @@ def build_sva(seed: int, n_examples: int, *, quick: bool = False, scale: Optiona
                            n_test=scale.n_test, n_validation=scale.n_validation, min_test_per_group=20,
                            threads=torch.get_num_threads())
     split, vocab = prepare_data(settings, data_dir)
-    model, log = train_model(settings, split, vocab, progress=progress)
-    accuracy = accuracy_by_group(model, split.test, vocab)["all"]["accuracy"]
+
+    def train() -> Tuple[nn.Module, dict]:
+        model, log = train_model(settings, split, vocab, progress=progress)
+        return model, {"accuracy": accuracy_by_group(model, split.test, vocab)["all"]["accuracy"],
+                       "train_s": log["train_time_s"]}
+
+    cache = None if cache_dir is None else Path(cache_dir) / f"sva{'_quick' if quick else ''}_seed{seed}.pt"
+    model, trained = _cached_model(cache, train, lambda config: SvaTransformer(SvaConfig(**config)))
     # The split does not depend on the training seed: every seed explains the same examples.
     batch = collate(split.test[:n_examples], vocab)
     input_ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -143,7 +167,7 @@ def build_sva(seed: int, n_examples: int, *, quick: bool = False, scale: Optiona
         attribute_options={"additional_forward_args": (mask,), "attention_mask": mask},
         to_units=_units_of_tokens, grad_x_input=grad_x_input,
         layers_top_down=["classifier", "ln_final"] + _layers_top_down(model, len(model.blocks)),
-        info={"accuracy": accuracy, "train_s": log["train_time_s"], "train_examples": len(split.train),
+        info={**trained, "train_examples": len(split.train),
               "test_examples": len(split.test), "layers": settings.num_layers, "heads": settings.num_heads,
               "hidden": settings.hidden_size, "epochs": settings.epochs})
 
@@ -306,8 +330,13 @@ def train_vit(seed: int, epochs: int = 20, *, quick: bool = False):
                    "train_examples": len(train_y), "test_examples": len(test_y)}
 
 
-def build_vit(seed: int, n_examples: int, *, quick: bool = False, epochs: int = 20) -> Task:
-    model, info = train_vit(seed, epochs=2 if quick else epochs, quick=quick)
+def build_vit(seed: int, n_examples: int, *, quick: bool = False, epochs: int = 20,
+              cache_dir: Optional[Path] = None) -> Task:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cache = None if cache_dir is None else Path(cache_dir) / f"vit{'_quick' if quick else ''}_seed{seed}.pt"
+    model, info = _cached_model(cache, lambda: train_vit(seed, epochs=2 if quick else epochs, quick=quick),
+                                lambda config: ViTForImageClassification(ViTConfig(**config)))
     pixels = digits_split()[2][:n_examples]
     with torch.no_grad():
         target = model(pixel_values=pixels).logits.argmax(-1)
@@ -324,7 +353,8 @@ def build_vit(seed: int, n_examples: int, *, quick: bool = False, epochs: int = 
     def grad_x_input(net: nn.Module) -> torch.Tensor:
         from captum.attr import InputXGradient
 
-        scores = InputXGradient(forward_of(net)).attribute(pixels, target=target).detach()
+        # requires_grad set here: Captum would warn that it had to set it.
+        scores = InputXGradient(forward_of(net)).attribute(pixels.clone().requires_grad_(), target=target).detach()
         # Σ over channels and the pixels of each patch: one score per patch, row-major like the tokens.
         return F.avg_pool2d(scores.sum(1, keepdim=True), patch).flatten(1) * patch * patch
 
