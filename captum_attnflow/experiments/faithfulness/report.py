@@ -12,7 +12,7 @@ import re
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -43,7 +43,7 @@ def tables(results: Sequence[TaskResult]) -> Dict[Tuple[str, str, str], np.ndarr
 
 def summary_rows(cells: Dict[Tuple[str, str, str], np.ndarray], n_resamples: int) -> List[dict]:
     keys = list(cells)  # task, metric, method in the order they were computed
-    stats = bootstrap_mean_cis(np.stack([cells[key] for key in keys]), n_resamples=n_resamples) if keys else []
+    stats: Any = bootstrap_mean_cis(np.stack([cells[key] for key in keys]), n_resamples=n_resamples) if keys else []
     rows = []
     for key, (mean, low, high) in zip(keys, stats):
         table = cells[key]

@@ -9,7 +9,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Any, Dict, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -45,9 +45,9 @@ class TaskResult:
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         stem = directory / f"{self.task}_seed{self.seed}"
-        np.savez_compressed(f"{stem}.npz", **{f"{metric}|{method}": values
-                                               for metric, by_method in self.values.items()
-                                               for method, values in by_method.items()})
+        arrays: Dict[str, Any] = {f"{metric}|{method}": values for metric, by_method in self.values.items()
+                                  for method, values in by_method.items()}
+        np.savez_compressed(f"{stem}.npz", **arrays)
         Path(f"{stem}.json").write_text(json.dumps({"task": self.task, "seed": self.seed, "info": self.info},
                                                    indent=1))
 

@@ -103,8 +103,8 @@ class SvaScale:
     n_validation: int = 600
 
 
-def _cached_model(cache: Optional[Path], train: Callable[[], Tuple[nn.Module, dict]],
-                  rebuild: Callable[[dict], nn.Module]) -> Tuple[nn.Module, dict]:
+def _cached_model(cache: Optional[Path], train: Callable[[], Tuple[Any, dict]],
+                  rebuild: Callable[[dict], Any]) -> Tuple[Any, dict]:
     """Train, or load the model ``train`` saved earlier at ``cache`` (a rerun then only re-scores)."""
     if cache is not None and cache.is_file():
         payload = torch.load(cache, map_location="cpu", weights_only=False)
@@ -136,7 +136,7 @@ def build_sva(seed: int, n_examples: int, *, quick: bool = False, scale: Optiona
                            threads=torch.get_num_threads())
     split, vocab = prepare_data(settings, data_dir)
 
-    def train() -> Tuple[nn.Module, dict]:
+    def train() -> Tuple[Any, dict]:
         model, log = train_model(settings, split, vocab, progress=progress)
         return model, {"accuracy": accuracy_by_group(model, split.test, vocab)["all"]["accuracy"],
                        "train_s": log["train_time_s"]}
@@ -151,19 +151,22 @@ def build_sva(seed: int, n_examples: int, *, quick: bool = False, scale: Optiona
     eligible = mask.bool().clone()
     eligible[:, 0] = False  # [CLS] is read by the classifier, not a word of the prefix
 
-    def forward_of(net: nn.Module) -> Callable:
+    def forward_of(net: Any) -> Callable:
         return lambda ids, attention_mask: net(ids, attention_mask=attention_mask)
 
-    def score_of(net: nn.Module) -> Callable:
+    def score_of(net: Any) -> Callable:
         return _probability_of(lambda ids: net(ids, attention_mask=mask), target)
 
-    def grad_x_input(net: nn.Module) -> torch.Tensor:
+    def grad_x_input(net: Any) -> torch.Tensor:
         return _layer_grad_x_input(forward_of(net), net.embeddings, input_ids, target, (mask,))
+
+    def attribution_options(net: Any) -> Dict[str, Any]:
+        return {"model": net, "attention_modules": [block.attention for block in net.blocks]}
 
     return Task(
         name="sva", seed=seed, model=model, inputs=input_ids, eligible=eligible, target=target, token_index=0,
         remove=replace_tokens(vocab.unk_id), forward_of=forward_of, score_of=score_of,
-        attribution_options=lambda net: {"model": net, "attention_modules": [block.attention for block in net.blocks]},
+        attribution_options=attribution_options,
         attribute_options={"additional_forward_args": (mask,), "attention_mask": mask},
         to_units=_units_of_tokens, grad_x_input=grad_x_input,
         layers_top_down=["classifier", "ln_final"] + _layers_top_down(model, len(model.blocks)),
@@ -238,6 +241,7 @@ def _pool_similarity(model: nn.Module, tokenizer, pool_size: int, data_dir) -> T
 
 def build_minilm(seed: int, n_examples: int, *, quick: bool = False, data_dir=None, pool_size: int = 1500,
                  loaded: Optional[Tuple[nn.Module, Any]] = None) -> Task:
+    model: Any
     model, tokenizer = loaded or load_minilm(tiny=quick)
     pool, similarity = _pool_similarity(model, tokenizer, 200 if quick else pool_size, data_dir)
     # The seed only chooses which sentences are explained; each is paired with its nearest neighbour.
@@ -250,13 +254,13 @@ def build_minilm(seed: int, n_examples: int, *, quick: bool = False, data_dir=No
     eligible = mask.bool() & ~special
     partner_cache: Dict[int, torch.Tensor] = {}
 
-    def partner_embedding(net: nn.Module) -> torch.Tensor:
+    def partner_embedding(net: Any) -> torch.Tensor:
         # Sentence B goes through the same (trained or randomised) model: the explained function is cos(f(A), f(B)).
         if id(net) not in partner_cache:
             partner_cache[id(net)] = _embed(net, side_b)
         return partner_cache[id(net)]
 
-    def forward_of(net: nn.Module) -> Callable:
+    def forward_of(net: Any) -> Callable:
         partner = partner_embedding(net)
 
         def cosine(ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -265,11 +269,11 @@ def build_minilm(seed: int, n_examples: int, *, quick: bool = False, data_dir=No
 
         return cosine
 
-    def score_of(net: nn.Module) -> Callable:
+    def score_of(net: Any) -> Callable:
         forward = forward_of(net)
         return lambda ids: forward(ids, mask)
 
-    def grad_x_input(net: nn.Module) -> torch.Tensor:
+    def grad_x_input(net: Any) -> torch.Tensor:
         return _layer_grad_x_input(forward_of(net), net.embeddings.word_embeddings, input_ids, None, (mask,))
 
     with torch.no_grad():
@@ -308,10 +312,11 @@ def train_vit(seed: int, epochs: int = 20, *, quick: bool = False):
     if quick:
         train_x, train_y = train_x[:256], train_y[:256]
     torch.manual_seed(seed)
-    config = ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=16 if quick else 64,
-                       num_hidden_layers=2 if quick else 4, num_attention_heads=2 if quick else 4,
-                       intermediate_size=32 if quick else 128, num_labels=10, hidden_dropout_prob=0.0,
-                       attention_probs_dropout_prob=0.0)
+    sizes: Dict[str, Any] = dict(image_size=16, patch_size=4, num_channels=1, hidden_size=16 if quick else 64,
+                                 num_hidden_layers=2 if quick else 4, num_attention_heads=2 if quick else 4,
+                                 intermediate_size=32 if quick else 128, num_labels=10, hidden_dropout_prob=0.0,
+                                 attention_probs_dropout_prob=0.0)
+    config = ViTConfig(**sizes)
     model = ViTForImageClassification(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     generator = torch.Generator().manual_seed(seed)
@@ -344,13 +349,13 @@ def build_vit(seed: int, n_examples: int, *, quick: bool = False, epochs: int = 
     grid = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
     eligible = torch.ones(pixels.shape[0], grid, dtype=torch.bool)
 
-    def forward_of(net: nn.Module) -> Callable:
+    def forward_of(net: Any) -> Callable:
         return lambda images: net(pixel_values=images).logits
 
-    def score_of(net: nn.Module) -> Callable:
+    def score_of(net: Any) -> Callable:
         return _probability_of(forward_of(net), target)
 
-    def grad_x_input(net: nn.Module) -> torch.Tensor:
+    def grad_x_input(net: Any) -> torch.Tensor:
         from captum.attr import InputXGradient
 
         # requires_grad set here: Captum would warn that it had to set it.
@@ -369,7 +374,7 @@ def build_vit(seed: int, n_examples: int, *, quick: bool = False, epochs: int = 
 
 def build_task(name: str, seed: int, n_examples: int, *, quick: bool = False, **options) -> Task:
     """One of :data:`TASKS`, trained (or loaded) with ``seed``."""
-    builders = {"sva": build_sva, "minilm": build_minilm, "vit": build_vit}
+    builders: Dict[str, Callable[..., Task]] = {"sva": build_sva, "minilm": build_minilm, "vit": build_vit}
     return builders[name](seed, n_examples, quick=quick, **options)
 
 
