@@ -13,6 +13,7 @@ Every class runs the same three steps, and only the second differs:
    inputs gives a tuple of attributions).
 """
 
+from numbers import Integral
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -29,8 +30,10 @@ from captum_attnflow._validation import (
 )
 from captum_attnflow.capture import AttentionAdapter, CapturedAttention, capture_attention
 from captum_attnflow.capture.custom import WeightsReader, make_adapter
+from captum_attnflow.capture.gradients import capture_attention_gradients, check_target
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
 from captum_attnflow.functional import FLOW_BACKENDS, check_token_index
+from captum_attnflow.functional.fusion import check_edge_options
 from captum_attnflow.functional.positions import TokenIndex
 
 #: Result layouts with one row per explained position (``(B, P, ...)``).
@@ -106,18 +109,31 @@ class AttentionAttributionBase(Attribution):
         return capture_attention(self.forward_func, inputs, additional_forward_args, model=self.model,
                                  adapter=self.adapter, head_fusion=head_fusion, attention_mask=attention_mask)
 
+    def capture_gradients(self, inputs: torch.Tensor, additional_forward_args=None, target=None,
+                          attention_mask: Optional[torch.Tensor] = None) -> CapturedAttention:
+        """Every head's weights and the target's gradient, from one forward and one backward pass;
+        see :func:`~captum_attnflow.capture.capture_attention_gradients`."""
+        return capture_attention_gradients(self.forward_func, inputs, additional_forward_args, target=target,
+                                           model=self.model, adapter=self.adapter, attention_mask=attention_mask)
+
     def _propagate(self, captured: CapturedAttention, **options) -> torch.Tensor:
         """The functional API's result on the captured weights."""
         raise NotImplementedError
 
     def _attribute(self, inputs, additional_forward_args, *, token_index: TokenIndex, layer: Optional[int],
                    return_all_layers: bool, head_fusion: str, attention_mask: Optional[torch.Tensor],
-                   return_patch_grid: bool = False, **options) -> Any:
+                   return_patch_grid: bool = False, target=None, **options) -> Any:
         inputs, was_tuple = unwrap_inputs(inputs)
         inputs = self._check_before_forward(inputs, token_index, layer, return_all_layers, head_fusion,
                                             return_patch_grid, options)
-        captured = self.capture(inputs, additional_forward_args, head_fusion=head_fusion,
-                                attention_mask=attention_mask)
+        if options.get("edge_weights", "attention") == "attention":
+            # Class-agnostic: the target is accepted (for drop-in use in Captum loops) and not used.
+            captured = self.capture(inputs, additional_forward_args, head_fusion=head_fusion,
+                                    attention_mask=attention_mask)
+        else:
+            check_target(target)
+            captured = self.capture_gradients(inputs, additional_forward_args, target=target,
+                                              attention_mask=attention_mask)
         scores = self._propagate(captured, token_index=token_index, layer=layer, return_all_layers=return_all_layers,
                                  head_fusion=head_fusion, **options)
         scores = self._to_input_shape(scores if return_all_layers else scores[None], inputs, token_index,
@@ -152,6 +168,10 @@ class AttentionAttributionBase(Attribution):
         if "backend" in options:
             check_choice("backend", options["backend"], FLOW_BACKENDS,
                          "('auto' picks the fastest exact engine)")
+        check_edge_options(options.get("edge_weights", "attention"), head_fusion=head_fusion,
+                           residual_weight=options.get("residual_weight", 0.5),
+                           discard_mode=options.get("discard_mode", "row"),
+                           causal_normalization=options.get("causal_normalization", False))
         if return_all_layers and layer is not None:
             raise InvalidParameterError(
                 f"layer={layer!r} and return_all_layers=True contradict each other: return_all_layers returns "
@@ -159,6 +179,12 @@ class AttentionAttributionBase(Attribution):
         num_layers = self.adapter.expected_num_layers()
         if num_layers is not None and layer is not None:
             check_layer(layer, num_layers)
+        start_layer = options.get("start_layer", 0)
+        if isinstance(start_layer, bool) or not isinstance(start_layer, Integral):
+            raise InvalidParameterError(
+                f"start_layer must be an int indexing the layers like a Python list, got {type(start_layer).__name__}.")
+        if num_layers is not None:
+            check_layer(start_layer, num_layers, "start_layer")
 
     def _to_input_shape(self, scores: torch.Tensor, inputs: torch.Tensor, token_index, return_patch_grid: bool):
         """``(n, B, [P,] S)`` token scores onto the inputs' shape, row by row for several positions."""

@@ -24,7 +24,14 @@ class AttentionFlow(AttentionAttributionBase):
     explained token after ``layer`` to input node (0, j), solved exactly and separately for
     every ``j`` (by default with a compiled exact max-flow engine; ``backend="networkx"``
     runs the authors' Edmonds–Karp). With ``normalize=True`` (the paper's choice) the scores
-    of each example sum to 1. ``target`` is accepted and ignored: flow is class-agnostic.
+    of each example sum to 1. With the default ``edge_weights="attention"``, ``target`` is
+    accepted and ignored: flow is class-agnostic.
+
+    **Target-aware edges.** With ``edge_weights="gradient"`` the capacities are Chefer et al.'s
+    layer matrices ``I + E_h[(∇A_l ⊙ A_l)^+]`` (arXiv:2103.15679), not renormalised, so the flow
+    through one layer equals Chefer's relevance (the product of those matrices) there; with
+    ``"grad_rollout"`` they are vit-explain's renormalised rows. See
+    :mod:`captum_attnflow.functional.edge_flow`.
     The scores are :func:`captum_attnflow.functional.attention_flow` of the captured weights.
 
     Example:
@@ -46,12 +53,14 @@ class AttentionFlow(AttentionAttributionBase):
                   normalize: bool = True, backend: str = "auto", allow_large: bool = False,
                   causal_normalization: bool = False, attention_mask: Optional[torch.Tensor] = None,
                   return_patch_grid: bool = False, executor: Optional[Executor] = None,
-                  chunk_size: Optional[int] = None, show_progress: Optional[bool] = None):
+                  chunk_size: Optional[int] = None, show_progress: Optional[bool] = None,
+                  edge_weights: str = "attention", start_layer: int = 0, discard_mode: str = "row"):
         r"""
         Args:
             inputs (Tensor or tuple of one Tensor): token ids ``(B, S)``, pixel values
                 ``(B, C, H, W)`` for vision transformers, or what the model's adapter accepts.
-            target: unused; flow does not depend on the output class.
+            target: with the gradient edge weights, the output to explain (Captum's conventions,
+                see :class:`AttentionRollout`); ignored with ``edge_weights="attention"``.
             additional_forward_args (tuple, optional): extra positional arguments of the
                 forward function, e.g. ``(attention_mask,)``; padded tokens get 0 (the mask is the
                 one the model receives, see :class:`AttentionRollout`).
@@ -81,6 +90,8 @@ class AttentionFlow(AttentionAttributionBase):
                 batch split into 8 tasks).
             show_progress (bool, optional): a progress bar over the max-flow problems; ``None``
                 (default) shows one once the call has run for 2 s, ``True``/``False`` force it.
+            edge_weights, start_layer, discard_mode: as in :class:`AttentionRollout`; with
+                ``"gradient"``, capacities ``I + Ā_l`` (not renormalised).
 
         Returns:
             Tensor shaped like ``inputs`` (``(L, *inputs.shape)`` with ``return_all_layers``; a
@@ -97,7 +108,9 @@ class AttentionFlow(AttentionAttributionBase):
                                attention_mask=attention_mask, return_patch_grid=return_patch_grid,
                                residual_weight=residual_weight, discard_ratio=discard_ratio, normalize=normalize,
                                backend=backend, allow_large=allow_large, causal_normalization=causal_normalization,
-                               executor=executor, chunk_size=chunk_size, show_progress=show_progress)
+                               executor=executor, chunk_size=chunk_size, show_progress=show_progress,
+                               target=target, edge_weights=edge_weights, start_layer=start_layer,
+                               discard_mode=discard_mode)
 
     def _propagate(self, captured: CapturedAttention, **options) -> torch.Tensor:
         return attention_flow(captured, **options)

@@ -16,6 +16,7 @@ from captum_attnflow._validation import check_flag
 from captum_attnflow.attr.attention_flow import AttentionFlow
 from captum_attnflow.attr.attention_rollout import AttentionRollout
 from captum_attnflow.attr.raw_attention import RawAttention
+from captum_attnflow.capture.gradients import capture_attention_gradients_per_target
 from captum_attnflow.exceptions import (
     InvalidInputError,
     InvalidInputTypeError,
@@ -72,6 +73,11 @@ class LLMAttentionAttribution(Attribution):
     sum to 1 over every position, so the mass on template text, skipped tokens and (by
     default) earlier generated tokens is not shown. ``seq_attr`` is the sum of the rows, as in
     :class:`captum.attr.LLMGradientAttribution`.
+
+    **Target-aware rows.** With ``edge_weights="gradient"`` or ``"grad_rollout"`` (rollout and
+    flow), row ``t`` is explained for its own output: the logit of target token ``t`` at the
+    position predicting it. The forward pass is still shared; each target token costs one
+    backward pass. Chefer's ``"gradient"`` rows are relevance, not normalised to 1.
 
     Args:
         attr_method: an :class:`~captum_attnflow.AttentionRollout`,
@@ -138,7 +144,8 @@ class LLMAttentionAttribution(Attribution):
             include_generated (bool): add the earlier generated tokens as features (columns).
             **kwargs: options of the wrapped method's ``attribute``: ``layer``, ``head_fusion``,
                 ``residual_weight``, ``discard_ratio``, ``causal_normalization`` (recommended
-                for decoders, see :mod:`captum_attnflow.functional.causal`), and for flow
+                for decoders, see :mod:`captum_attnflow.functional.causal`), ``edge_weights``,
+                ``start_layer``, ``discard_mode``, and for flow
                 ``normalize``, ``backend``, ``allow_large``, ``executor``. ``token_index``,
                 ``return_all_layers`` and ``attention_mask`` are set by this class.
 
@@ -181,7 +188,8 @@ class LLMAttentionAttribution(Attribution):
                                                           zip(prompts, target_ids)], self._pad_id())
         positions = _predicting_positions(offsets, [len(p.input_ids) for p in prompts],
                                           [len(t) for t in target_ids])
-        rows = self._explained_rows(input_ids.to(self.device), attention_mask.to(self.device), positions, options)
+        rows = self._explained_rows(input_ids.to(self.device), attention_mask.to(self.device), positions, options,
+                                    _padded_targets(target_ids))
         _check_no_future_mass(rows.cpu(), positions)
         return [self._result(inp, prompt, target, rows[b, :len(target), offsets[b]:].cpu(), include_generated)
                 for b, (inp, prompt, target) in enumerate(zip(inps, prompts, target_ids))]
@@ -303,11 +311,32 @@ class LLMAttentionAttribution(Attribution):
     # ------------------------------------------------------------------ rows and result
 
     def _explained_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-                        options: Dict[str, Any]) -> torch.Tensor:
+                        options: Dict[str, Any], target_ids: torch.Tensor) -> torch.Tensor:
         """``(B, P, S)``: the rows of the ``(B, P)`` explained positions, from one capture (one
-        forward pass) and, for flow, one engine call."""
-        return self._explainer.attribute(input_ids, additional_forward_args=(attention_mask,), token_index=positions,
-                                         **options)
+        forward pass) and, for flow, one engine call. With gradient edge weights, row ``t`` is
+        explained for its own target, the logit of target token ``t`` at the position predicting
+        it: one forward pass and one backward pass per target token."""
+        if options.get("edge_weights", "attention") == "attention":
+            return self._explainer.attribute(input_ids, additional_forward_args=(attention_mask,),
+                                             token_index=positions, **options)
+        return self._rows_for_own_targets(input_ids, attention_mask, positions, target_ids, options)
+
+    def _rows_for_own_targets(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+                              target_ids: torch.Tensor, options: Dict[str, Any]) -> torch.Tensor:
+        explainer = self._explainer
+        explainer._check_before_forward(input_ids, positions, options.get("layer"), False,
+                                        options.get("head_fusion", "mean"), False, options)
+        # Captum's list-of-tuples target: example b's scalar is logits[b, position, token].
+        targets = [[(int(positions[b, t]), int(target_ids[b, t])) for b in range(positions.shape[0])]
+                   for t in range(positions.shape[1])]
+        captures = capture_attention_gradients_per_target(
+            explainer.forward_func, input_ids, (attention_mask,), targets=targets, model=explainer.model,
+            adapter=explainer.adapter)
+        propagate = dict(options, head_fusion=options.get("head_fusion", "mean"), return_all_layers=False)
+        rows = [explainer._propagate(captured, token_index=positions[:, t].to(captured.attentions.device),
+                                     **propagate)
+                for t, captured in enumerate(captures)]
+        return torch.stack(rows, dim=1)
 
     def _result(self, inp, prompt: _Prompt, target: torch.Tensor, rows: torch.Tensor,
                 include_generated: bool) -> LLMAttributionResult:
@@ -463,6 +492,12 @@ def left_padded(sequences: Sequence[torch.Tensor], pad_id: int) -> Tuple[torch.T
         attention_mask[row, offset:] = 1
         offsets.append(offset)
     return input_ids, attention_mask, offsets
+
+
+def _padded_targets(target_ids: List[torch.Tensor]) -> torch.Tensor:
+    """``(B, T_max)`` target token ids; short targets repeat their last one (as their positions do)."""
+    width = max(len(t) for t in target_ids)
+    return torch.stack([torch.cat([t, t[-1:].expand(width - len(t))]) for t in target_ids])
 
 
 def _predicting_positions(offsets: List[int], prompt_lengths: List[int], target_lengths: List[int]) -> torch.Tensor:

@@ -15,6 +15,11 @@ from captum_attnflow.capture.base import (
     resolve_model,
 )
 from captum_attnflow.capture.custom import FunctionAttentionAdapter, ModuleAttentionAdapter, make_adapter
+from captum_attnflow.capture.gradients import (
+    CapturedAttentionGradients,
+    capture_attention_gradients,
+    capture_attention_gradients_per_target,
+)
 from captum_attnflow.capture.huggingface import HuggingFaceAdapter, eager_attention
 from captum_attnflow.capture.torch_nn import TorchMultiheadAttentionAdapter
 from captum_attnflow.capture.vision import HuggingFaceVisionAdapter, TimmVisionAdapter, patch_scores_to_pixels
@@ -22,6 +27,7 @@ from captum_attnflow.capture.vision import HuggingFaceVisionAdapter, TimmVisionA
 __all__ = [
     "AttentionAdapter",
     "CapturedAttention",
+    "CapturedAttentionGradients",
     "FunctionAttentionAdapter",
     "HuggingFaceAdapter",
     "HuggingFaceVisionAdapter",
@@ -29,6 +35,8 @@ __all__ = [
     "TimmVisionAdapter",
     "TorchMultiheadAttentionAdapter",
     "capture_attention",
+    "capture_attention_gradients",
+    "capture_attention_gradients_per_target",
     "eager_attention",
     "find_adapter",
     "make_adapter",

@@ -15,13 +15,21 @@ from captum_attnflow.functional.causal import (
     receptive_field_transitions,
     uniform_causal_attention,
 )
+from captum_attnflow.functional.edge_flow import attention_flow
 from captum_attnflow.functional.flow import (
-    attention_flow,
     batched_flow_from_transitions,
     flow_attribution,
     flow_from_transitions,
 )
-from captum_attnflow.functional.fusion import AttentionWeights, discard_lowest, fuse_heads, transition_matrices
+from captum_attnflow.functional.fusion import (
+    DISCARD_MODES,
+    EDGE_WEIGHTS,
+    AttentionWeights,
+    discard_lowest,
+    fuse_heads,
+    gradient_weighted_attention,
+    transition_matrices,
+)
 from captum_attnflow.functional.graph import attention_graph
 from captum_attnflow.functional.positions import TOKEN_INDEX_MODES, check_token_index, explained_positions
 from captum_attnflow.functional.raw import raw_attention
@@ -33,6 +41,8 @@ from captum_attnflow.functional.rollout import (
 )
 
 __all__ = [
+    "DISCARD_MODES",
+    "EDGE_WEIGHTS",
     "FLOW_BACKENDS",
     "TOKEN_INDEX_MODES",
     "AttentionWeights",
@@ -47,6 +57,7 @@ __all__ = [
     "flow_attribution",
     "flow_from_transitions",
     "fuse_heads",
+    "gradient_weighted_attention",
     "normalize_by_receptive_field",
     "raw_attention",
     "receptive_field_transitions",

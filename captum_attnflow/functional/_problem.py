@@ -8,7 +8,7 @@ import torch
 
 from captum_attnflow._validation import check_causal_transitions
 from captum_attnflow.functional.causal import receptive_field_transitions
-from captum_attnflow.functional.fusion import checked_attentions, fused_transitions
+from captum_attnflow.functional.fusion import check_edge_options, checked_attentions, fused_transitions, gradients_for
 from captum_attnflow.functional.positions import (
     ExplainedPositions,
     TokenIndex,
@@ -35,15 +35,24 @@ def propagation_problem(attentions, *, token_index: TokenIndex, layer: Optional[
                         head_fusion: str, residual_weight: float, discard_ratio: float,
                         attention_mask: Optional[torch.Tensor], causal_normalization: bool,
                         baseline_dtype: Optional[torch.dtype] = None,
-                        baseline_device: Optional[torch.device] = None) -> PropagationProblem:
+                        baseline_device: Optional[torch.device] = None, edge_weights: str = "attention",
+                        attention_grads=None, start_layer: int = 0,
+                        discard_mode: str = "row") -> PropagationProblem:
     """Check and fuse ``attentions`` and resolve the options into a :class:`PropagationProblem`.
 
     ``baseline_dtype`` / ``baseline_device``: where the causal baseline is built (default: as
-    the transitions; flow solves in float64 on the CPU, so it asks for that).
+    the transitions; flow solves in float64 on the CPU, so it asks for that). ``edge_weights``,
+    ``attention_grads``, ``start_layer``, ``discard_mode``: see
+    :func:`~captum_attnflow.functional.transition_matrices`.
     """
-    stacked, head_fusion, valid = checked_attentions(attentions, head_fusion, attention_mask)
+    check_edge_options(edge_weights, head_fusion=head_fusion, residual_weight=residual_weight,
+                       discard_mode=discard_mode, causal_normalization=causal_normalization)
+    stacked, head_fusion, valid = checked_attentions(attentions, head_fusion, attention_mask,
+                                                     keep_heads=edge_weights != "attention")
+    grads = gradients_for(edge_weights, attentions, attention_grads, stacked, valid)
     transitions = fused_transitions(stacked, head_fusion, residual_weight=residual_weight,
-                                    discard_ratio=discard_ratio, valid=valid)
+                                    discard_ratio=discard_ratio, valid=valid, edge_weights=edge_weights,
+                                    attention_grads=grads, start_layer=start_layer, discard_mode=discard_mode)
     num_layers, batch_size, seq_len, _ = transitions.shape
     layers = explained_layers(layer, return_all_layers, num_layers)
     valid = real_tokens(valid, batch_size, seq_len)

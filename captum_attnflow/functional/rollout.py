@@ -1,4 +1,5 @@
-"""Attention rollout (Abnar & Zuidema, 2020, Sec. 3, Eq. 1)."""
+"""Attention rollout (Abnar & Zuidema, 2020, Sec. 3, Eq. 1), and the same chain of products
+over gradient-weighted edges (Chefer et al., 2021; vit-explain's grad rollout)."""
 
 from typing import List, Optional
 
@@ -84,11 +85,21 @@ def attention_rollout(attentions, *, token_index: TokenIndex = "all", layer: Opt
                       return_all_layers: Optional[bool] = None, head_fusion: str = "mean",
                       residual_weight: float = 0.5, discard_ratio: float = 0.0,
                       attention_mask: Optional[torch.Tensor] = None,
-                      causal_normalization: bool = False) -> torch.Tensor:
+                      causal_normalization: bool = False, edge_weights: str = "attention",
+                      attention_grads=None, start_layer: int = 0, discard_mode: str = "row") -> torch.Tensor:
     """Attention rollout of the explained positions; by default every rollout matrix ``(L, B, S, S)``.
 
     Row ``i`` of ``result[l, b]`` says how token ``i`` after layer ``l + 1`` draws on the
     input tokens; every row of a real token sums to 1 and rows of padding are 0.
+
+    With ``edge_weights="gradient"`` the result is Chefer et al.'s relevance (arXiv:2103.15679):
+    ``R = I``, then ``R ← R + Ā_l·R`` for every layer ``l >= start_layer`` with
+    ``Ā_l = E_h[(∇A_l ⊙ A_l)^+]``; row ``i`` of ``R`` is returned as is, self entry included
+    (``R[i, i]`` starts at 1 from the identity; Chefer's ViT code drops the [CLS] column with
+    ``R[0, 1:]``, vision adapters here drop the special tokens likewise), and rows are not
+    normalised (they sum to at least 1). With ``"grad_rollout"`` it is vit-explain's gradient
+    rollout (rows sum to 1). Both need ``attention_grads``, the gradient of one scalar output
+    per example with respect to every head's weights.
 
     Args:
         attentions: L tensors ``(B, H, S, S)`` (Hugging Face ``outputs.attentions``) or one
@@ -101,13 +112,25 @@ def attention_rollout(attentions, *, token_index: TokenIndex = "all", layer: Opt
             ``layer`` is None and ``token_index="all"``. Cannot be combined with ``layer``.
         head_fusion: ``"mean"`` | ``"max"`` | ``"min"`` over heads.
         residual_weight: ``w`` in ``Â = w·I + (1−w)·A`` (rows renormalized); paper: 0.5.
-        discard_ratio: fraction of the smallest fused weights per row zeroed first.
+        discard_ratio: fraction of the smallest fused weights zeroed first (per row; per matrix with
+            ``discard_mode="matrix"``).
         attention_mask: optional ``(B, S)`` padding mask (1/True = real token; additive masks
             with 0 and large negative values are read as such); see
             :func:`~captum_attnflow.functional.transition_matrices`.
         causal_normalization: for causal (decoder) attention, divide every row by the rollout of
             uniform causal attention (the receptive-field mass) and rescale it to sum to 1; see
-            :mod:`captum_attnflow.functional.causal`.
+            :mod:`captum_attnflow.functional.causal`. Only with ``edge_weights="attention"``.
+        edge_weights: ``"attention"`` (default), ``"gradient"`` (Chefer et al.) or
+            ``"grad_rollout"`` (vit-explain); see
+            :func:`~captum_attnflow.functional.transition_matrices`.
+        attention_grads: for the gradient weightings, ``∂y/∂A`` shaped like ``attentions``
+            (L tensors ``(B, H, S, S)`` or one ``(L, B, H, S, S)``); taken from ``attentions``
+            when they carry it (:func:`captum_attnflow.capture.capture_attention_gradients`).
+        start_layer: skip the layers before it (Python-list index; Chefer et al.'s
+            ``start_layer``): they count as identity matrices.
+        discard_mode: ``"row"`` (default) or ``"matrix"``: ``discard_ratio`` of the smallest
+            entries of the whole fused matrix, vit-explain's rule
+            (see :func:`~captum_attnflow.functional.discard_lowest`).
 
     Returns:
         ``(L, B, S, S)`` by default; in general ``[L,] B`` followed by ``S`` (one position,
@@ -122,6 +145,10 @@ def attention_rollout(attentions, *, token_index: TokenIndex = "all", layer: Opt
         torch.Size([3, 1, 5, 5])
         >>> attention_rollout(attentions, token_index=0).shape          # [CLS] after the last layer
         torch.Size([1, 5])
+        >>> grads = [torch.randn(1, 2, 5, 5) for _ in range(3)]           # d(target)/d(attention)
+        >>> relevance = attention_rollout(attentions, token_index=0, edge_weights="gradient", attention_grads=grads)
+        >>> bool(relevance.sum() >= 1)
+        True
     """
     check_flag("causal_normalization", causal_normalization)
     if return_all_layers is None:
@@ -129,7 +156,9 @@ def attention_rollout(attentions, *, token_index: TokenIndex = "all", layer: Opt
     problem = propagation_problem(attentions, token_index=token_index, layer=layer,
                                   return_all_layers=return_all_layers, head_fusion=head_fusion,
                                   residual_weight=residual_weight, discard_ratio=discard_ratio,
-                                  attention_mask=attention_mask, causal_normalization=causal_normalization)
+                                  attention_mask=attention_mask, causal_normalization=causal_normalization,
+                                  edge_weights=edge_weights, attention_grads=attention_grads, start_layer=start_layer,
+                                  discard_mode=discard_mode)
     scores = rollout_attribution(problem.transitions, problem.explained, problem.layers,
                                  causal_baseline=problem.causal_baseline)
     return (scores if return_all_layers else scores[0]).to(problem.dtype)
