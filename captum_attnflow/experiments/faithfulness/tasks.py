@@ -93,7 +93,7 @@ def _units_of_tokens(scores: torch.Tensor) -> torch.Tensor:
 class SvaScale:
     """The reduced training scale of the SVA models (see the report's deviation section)."""
 
-    subset: int = 16000
+    subset: int = 12000
     num_layers: int = 4
     num_heads: int = 4
     hidden_size: int = 64
