@@ -23,7 +23,7 @@ from captum_attnflow.experiments.faithfulness.tasks import TASKS, SvaScale, buil
 
 PROG = "python -m captum_attnflow.experiments.faithfulness"
 #: Examples explained per task and seed in the full run / in --quick.
-EXAMPLES = {"sva": 200, "minilm": 100, "vit": 200}
+EXAMPLES = {"sva": 200, "minilm": 50, "vit": 200}
 QUICK_EXAMPLES = 6
 
 

@@ -239,7 +239,7 @@ def _pool_similarity(model: nn.Module, tokenizer, pool_size: int, data_dir) -> T
     return _POOLS[key]
 
 
-def build_minilm(seed: int, n_examples: int, *, quick: bool = False, data_dir=None, pool_size: int = 1500,
+def build_minilm(seed: int, n_examples: int, *, quick: bool = False, data_dir=None, pool_size: int = 600,
                  loaded: Optional[Tuple[nn.Module, Any]] = None) -> Task:
     model: Any
     model, tokenizer = loaded or load_minilm(tiny=quick)
