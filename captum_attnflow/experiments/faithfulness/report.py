@@ -153,6 +153,12 @@ def plot(rows: List[dict], path: Path) -> None:
             axis.tick_params(axis="x", labelsize=7)
             axis.set_title(f"{TASK_LABELS.get(task, task)}: {label} ({'↑' if better == 'higher' else '↓'})",
                            fontsize=8)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", linestyle="", color=color, label=f"edge weights: {weights}")
+               for weights, color in colors.items()]
+    handles.append(Line2D([], [], marker="o", linestyle="", color="0.3", label="references"))
+    figure.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8)
     figure.suptitle("Faithfulness by edge weighting (mean, 95 % bootstrap CI over seeds and examples)", fontsize=10)
     figure.savefig(path, dpi=110)
     plt.close(figure)
