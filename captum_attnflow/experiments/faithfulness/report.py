@@ -43,9 +43,14 @@ def tables(results: Sequence[TaskResult]) -> Dict[Tuple[str, str, str], np.ndarr
 
 def summary_rows(cells: Dict[Tuple[str, str, str], np.ndarray], n_resamples: int) -> List[dict]:
     keys = list(cells)  # task, metric, method in the order they were computed
-    stats: Any = bootstrap_mean_cis(np.stack([cells[key] for key in keys]), n_resamples=n_resamples) if keys else []
+    stats: Dict[Tuple[str, str, str], Any] = {}
+    for shape in dict.fromkeys(table.shape for table in cells.values()):
+        # Tables of one shape (one task) share their resamples: one stacked call per shape.
+        same = [key for key in keys if cells[key].shape == shape]
+        stats.update(zip(same, bootstrap_mean_cis(np.stack([cells[key] for key in same]), n_resamples=n_resamples)))
     rows = []
-    for key, (mean, low, high) in zip(keys, stats):
+    for key in keys:
+        mean, low, high = stats[key]
         table = cells[key]
         rows.append(dict(zip(CSV_COLUMNS, (*key, table.shape[0], table.shape[1], int(np.isfinite(table).sum()),
                                             mean, low, high))))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Sequence
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from captum_attnflow.evaluation.faithfulness import (
@@ -71,7 +72,11 @@ def evaluate_task(task: Task, methods: Sequence[str], *, bins: Sequence[float], 
     timings["blank_out_s"] = time.perf_counter() - tick
     randomized = randomized_copy(task.model, task.layers_top_down, seed=1000 + task.seed)
     values: Dict[str, Dict[str, np.ndarray]] = {metric: {} for metric in METRICS}
+    threads = torch.get_num_threads()
     for method in tqdm(methods, desc=f"{task.name} seed {task.seed}", disable=not progress, leave=False):
+        # The flow engine's first parallel numba call changes torch's thread count (shared OpenMP
+        # runtime): restore the caller's, or later work oversubscribes the cores.
+        torch.set_num_threads(threads)
         tick = time.perf_counter()
         scores = attribute(task, task.model, method)
         timings[f"{method}_s"] = time.perf_counter() - tick
@@ -81,6 +86,7 @@ def evaluate_task(task: Task, methods: Sequence[str], *, bins: Sequence[float], 
         values["blank_out_spearman"][method] = blank_out_spearman(scores, blank, task.eligible)
         values["randomization_spearman"][method] = randomization_spearman(
             scores, attribute(task, randomized, method), task.eligible)
+    torch.set_num_threads(threads)
     info = dict(task.info, examples=int(task.inputs.shape[0]), timings=timings,
                 eligible_units_mean=float(task.eligible.sum(1).float().mean()))
     return TaskResult(task.name, task.seed, values, info)
