@@ -18,7 +18,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: install lint demo test test-fast test-slow test-oldest bench reproduce faithfulness tutorials figures lock clean
+.PHONY: install lint demo test test-fast test-slow test-oldest bench reproduce faithfulness tutorials figures docs lock clean
 
 install: $(VENV)/.installed
 
@@ -29,9 +29,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS) tools/install_torch.
 	$(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test,model]"
 	touch $@
 
-# Static checks CI runs before the tests: ruff (config in pyproject.toml).
+# Static checks CI runs before the tests: ruff and mypy (config of both in pyproject.toml).
 lint: install
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 demo: install
 	$(PY) -m captum_attnflow.demo --out demo_output
@@ -80,10 +81,16 @@ tutorials: install
 figures: install
 	$(PY) docs/make_figures.py
 
+# The documentation site (mkdocs.yml: guides in docs/, API reference from the docstrings) into
+# site/; --strict turns every warning (a broken link, a missing page) into an error.
+docs: install
+	$(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[docs]"
+	$(PY) -m mkdocs build --strict --site-dir site
+
 # Rewrite constraints.txt from the environment that just passed `make test CONSTRAINTS=`.
 lock:
 	{ echo "# Versions tested together (make test, CI); used by every make target. Regenerate: make lock"; \
 	  $(PY) -m pip freeze --exclude-editable | grep -v '^captum-attnflow' | sed 's/+cpu$$//'; } > constraints.txt
 
 clean:
-	rm -rf $(VENV) $(OLDEST_VENV) demo_output runs .pytest_cache
+	rm -rf $(VENV) $(OLDEST_VENV) demo_output runs site .pytest_cache

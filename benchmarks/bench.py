@@ -35,6 +35,7 @@ from typing import Callable, Dict, List, Optional
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import gradient_bench  # noqa: E402  (benchmarks/, next to this script)
 import llm_bench  # noqa: E402  (benchmarks/, next to this script)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -453,6 +454,7 @@ def target_rows(results: Dict) -> List[List[str]]:
                  f"≤ L·B·S² values = {mib(memory['bound_bytes'])}",
                  verdict(memory["extra_peak_bytes"], memory["bound_bytes"], False)])
     rows.extend([row["target"], row["measured"], row["goal"], row["status"]] for row in results["llm"])
+    rows.append(gradient_bench.target_row(results["gradient_rollout"], verdict))
     low = min(row["estimate_s"] / row["ours_s"] for row in results["scaling"])
     rows.append(["flow cost estimate (the budget's) / measured time, every row of the scaling table",
                  f"**{low:.1f}×** at least", "≥ 1× (never below the measured time)", verdict(low, 1.0, True)])
@@ -614,6 +616,10 @@ def run(quick: bool, threads: int) -> Dict:
     torch.set_num_threads(threads)
     for row in results["llm"]:
         print(f"    {row['model']}: rollout {row['rollout_ratio']:.2f}x, flow {row['flow_ratio']:.2f}x", flush=True)
+    print("gradient-weighted rollout / forward + backward ...", flush=True)
+    results["gradient_rollout"] = gradient_bench.gradient_rollout_vs_backward(
+        model, *token_batch(tokenizer, *((2, 16) if quick else (8, 64))), repeats=3 if quick else 15)
+    print(f"    {results['gradient_rollout']['ratio']:.2f}x", flush=True)
     results["load_after"] = load_average()
     return results
 

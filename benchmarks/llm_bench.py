@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from captum.attr import TextTokenInput  # noqa: E402
 
 from captum_attnflow import AttentionFlow, AttentionRollout, LLMAttentionAttribution  # noqa: E402
-from captum_attnflow.attr.llm_attention import word_level_tokenizer  # noqa: E402
+from captum_attnflow.toy import word_level_tokenizer  # noqa: E402
 
 #: A small random Llama with a real model's proportions (hidden 256, 4 layers, 8 heads with 4
 #: key/value heads, SwiGLU 688, vocabulary 32,000 as Llama 2's), and the tutorial's word-level

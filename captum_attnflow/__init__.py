@@ -5,8 +5,15 @@ https://arxiv.org/abs/2005.00928
 """
 
 from captum_attnflow import functional
-from captum_attnflow.attr import AttentionFlow, AttentionRollout, LLMAttentionAttribution, RawAttention
+from captum_attnflow.attr import (
+    AttentionFlow,
+    AttentionRollout,
+    LLMAttentionAttribution,
+    RawAttention,
+    Seq2SeqAttentionAttribution,
+)
 from captum_attnflow.capture import capture_attention
+from captum_attnflow.capture.seq2seq import capture_encoder_decoder_attention
 from captum_attnflow.exceptions import (
     AttentionCaptureError,
     AttnFlowError,
@@ -24,7 +31,9 @@ __all__ = [
     "AttentionRollout",
     "LLMAttentionAttribution",
     "RawAttention",
+    "Seq2SeqAttentionAttribution",
     "capture_attention",
+    "capture_encoder_decoder_attention",
     "functional",
     "AttnFlowError",
     "AttentionCaptureError",

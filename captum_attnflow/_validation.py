@@ -55,10 +55,11 @@ def _check_index(value, size: int, name: str, expected: str, context: str) -> in
     """A Python-style index into ``size`` items (negative counts from the end)."""
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise InvalidParameterError(f"{name} must be {expected}, got {type(value).__name__}.")
-    if not -size <= value < size:
+    index = int(value)
+    if not -size <= index < size:
         raise InvalidParameterError(
             f"{name}={value} is out of range for {context}; use an index in [{-size}, {size - 1}].")
-    return int(value) % size
+    return index % size
 
 
 def check_layer(layer, num_layers: int, name: str = "layer") -> int:

@@ -4,7 +4,10 @@ The explained output is the cosine similarity of each sentence's mean-pooled
 all-MiniLM-L6-v2 embedding to the query's. Raw attention, rollout and flow (this library)
 explain the tokens the embedding averages (``token_index="mean"``), next to Captum's
 ``LayerIntegratedGradients`` and ``FeatureAblation``; a table per sentence is printed and
-``demo_output/comparison.html`` plus PNG figures are written. Every option of
+``demo_output/comparison.html`` plus PNG figures are written. Every figure explains what the
+table does: the attention graph shows the flow from every token, averaged (its input scores
+are the flow column), and the bar charts and per-layer maps leave ``[CLS]``/``[SEP]`` out of
+their scale (named in their titles), which would otherwise flatten every word. Every option of
 ``captum-attnflow explain`` works here too (``python -m captum_attnflow.demo --help``).
 """
 

@@ -149,7 +149,8 @@ def flow_map_transitions(transitions, positions: Sequence[Union[int, Sequence[in
         transitions: ``(B, l, S, S)`` array or tensor: per example, ``Â_1 … Â_l`` (the
             output of ``transition_matrices`` is ``(L, B, S, S)``: transpose the first two
             axes and keep the first ``l`` layers to explain the output of layer ``l``).
-        positions: per example, the explained position (an int) or positions (a list).
+        positions: per example, the explained position (an int) or positions (a list): plain
+            engine-level indices, unlike ``token_index`` (no modes such as ``"mean"``, no tensors).
         valid: optional ``(B, S)`` bool array of real tokens; padded inputs get 0.
         normalize: divide each flow vector by its sum over inputs (the paper's choice).
         backend: max-flow engine, see :data:`captum_attnflow.functional.FLOW_BACKENDS`.

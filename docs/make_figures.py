@@ -35,19 +35,20 @@ def text_figures(out: Path) -> None:
     tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"][0])
     captured = capture_attention(model, encoded["input_ids"], (encoded["attention_mask"],), head_fusion=None)
 
-    viz.plot_attention_graph(captured, tokens, output_token=0, highlight="flow", path=out / "attention_graph.png",
+    viz.plot_attention_graph(captured, tokens, token_index=0, highlight="flow", path=out / "attention_graph.png",
                              title="all-MiniLM-L6-v2: attention flow from [CLS] through the attention graph")
     # [CLS] keeps most of its own explanation; hiding its column lets the words' pattern show.
-    viz.plot_layer_maps(captured.attentions, tokens, output_token=0, hide_positions=(0,),
+    viz.plot_layer_maps(captured.attentions, tokens, token_index=0, hide_positions=(0,),
                         path=out / "layer_maps.png",
                         title="Explaining [CLS] after each layer of all-MiniLM-L6-v2 ([CLS] column hidden)")
 
     explanation = cli.explain([SENTENCE], model, tokenizer, query=QUERY, ig_steps=48, progress=False)
     similarity = explanation.outputs[0].item()
+    # [CLS] and [SEP] take much of a mean-pooled model's attention: out of the scale, the words' ranking shows.
     viz.plot_method_comparison(
         {cli.METHOD_TITLES[name]: scores[0] for name, scores in explanation.attributions.items()}, tokens,
-        path=out / "comparison.png",
-        title=f"cos(embedding, '{QUERY}') = {similarity:.2f}, explained by five methods")
+        hide_positions=(0, len(tokens) - 1), path=out / "comparison.png",
+        title=f"cos(embedding, '{QUERY}') = {similarity:.2f}, explained by five methods ([CLS], [SEP] not shown)")
 
 
 def train_tiny_vit(epochs: int = 20):
@@ -98,15 +99,44 @@ def vit_figure(out: Path, n_images: int = 5) -> None:
     save_figure(figure, out / "vit_overlay.png")
 
 
+def target_aware_figure(out: Path, example: int = 0) -> None:
+    """target_aware.png: one digit explained for two classes by attention rollout (class-agnostic),
+    Chefer et al.'s gradient-weighted relevance and vit-explain's grad rollout (docs/target_aware.md)."""
+    model, images, labels, test = train_tiny_vit(epochs=8)  # fewer epochs than vit_overlay.png: it is one digit
+    pixels = images[test[example:example + 1]]
+    with torch.no_grad():
+        probabilities = model(pixel_values=pixels).logits.softmax(-1)[0]
+    targets = probabilities.argsort(descending=True)[:2].tolist()  # the predicted class and the runner-up
+    rollout = AttentionRollout(model)
+    methods = {"attention rollout\n(any target)": dict(edge_weights="attention"),
+               "gradient\n(Chefer et al.)": dict(edge_weights="gradient"),
+               "grad_rollout\n(vit-explain)": dict(edge_weights="grad_rollout")}
+    figure, axes = new_figure((2.5 * (len(methods) + 1), 5.2), ncols=len(methods) + 1, nrows=2)
+    for row, target in enumerate(targets):
+        axes[row, 0].imshow(pixels[0, 0], cmap="gray")
+        axes[row, 0].set_title(f"target {target}\n(p = {probabilities[target]:.2f})")
+        axes[row, 0].axis("off")
+        for column, (name, options) in enumerate(methods.items(), start=1):
+            scores = rollout.attribute(pixels, target=target, **options)
+            viz.image_overlay(scores[0], pixels[0], ax=axes[row, column], title=name)
+    figure.suptitle(f"Tiny ViT, a test digit {labels[test[example]].item()}: [CLS] explained for two targets")
+    save_figure(figure, out / "target_aware.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "figures")
     parser.add_argument("--skip-vit", action="store_true", help="only the MiniLM figures")
+    parser.add_argument("--only-target-aware", action="store_true", help="only target_aware.png")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.only_target_aware:
+        target_aware_figure(args.out)
+        return
     text_figures(args.out)
     if not args.skip_vit:
         vit_figure(args.out)
+        target_aware_figure(args.out)
     for path in sorted(args.out.glob("*.png")):
         print(path)
 

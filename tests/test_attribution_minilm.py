@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 from captum.attr import Attribution, FeatureAblation
+from helpers import assert_unchanged, snapshot
 
 from captum_attnflow import AttentionFlow, AttentionRollout, RawAttention
 from captum_attnflow.functional import attention_flow, attention_rollout, fuse_heads
@@ -26,25 +27,6 @@ def eager_attentions(minilm_path, batch):
     with torch.no_grad():
         outputs = eager(**batch, output_attentions=True)
     return torch.stack(outputs.attentions)
-
-
-def model_state(model):
-    return {
-        "attn": [m.config._attn_implementation for m in model.modules() if hasattr(m, "config")],
-        "training": [m.training for m in model.modules()],
-        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
-        "params": {k: v.clone() for k, v in model.state_dict().items()},
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-    }
-
-
-def assert_same_state(before, after):
-    assert before["attn"] == after["attn"]
-    assert before["training"] == after["training"]
-    assert before["hooks"] == after["hooks"]
-    assert before["requires_grad"] == after["requires_grad"]
-    for key, value in before["params"].items():
-        assert torch.equal(value, after["params"][key]), key
 
 
 def forward_args(batch):
@@ -90,14 +72,14 @@ def test_padded_batch_equals_per_sentence_calls(minilm, minilm_tokenizer, senten
 
 @pytest.mark.parametrize("method_cls", CLASSES)
 def test_model_left_exactly_as_found(minilm, batch, method_cls):
-    before = model_state(minilm)
+    before = snapshot(minilm)
     method_cls(minilm).attribute(batch["input_ids"], additional_forward_args=forward_args(batch))
-    assert_same_state(before, model_state(minilm))
+    assert_unchanged(minilm, before)
     assert minilm.config._attn_implementation == "sdpa"
 
 
 def test_model_restored_after_exception_inside_the_call(minilm, batch):
-    before = model_state(minilm)
+    before = snapshot(minilm)
 
     def exploding_forward(input_ids, attention_mask):
         minilm(input_ids, attention_mask)
@@ -106,7 +88,7 @@ def test_model_restored_after_exception_inside_the_call(minilm, batch):
     with pytest.raises(RuntimeError, match="boom"):
         AttentionFlow(exploding_forward, model=minilm).attribute(
             batch["input_ids"], additional_forward_args=forward_args(batch))
-    assert_same_state(before, model_state(minilm))
+    assert_unchanged(minilm, before)
 
 
 def test_training_mode_warns_and_is_kept(minilm, batch):

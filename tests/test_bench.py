@@ -23,11 +23,12 @@ def test_quick_benchmark_reports_every_target(tmp_path):
                if line.startswith("| ") and line.rstrip().endswith(verdicts)]
     for row in ("vs scipy's Dinic", "vs networkx's fastest algorithm", "all positions",
                 "`AttentionFlow.attribute` / plain forward", "`AttentionRollout.attribute` / plain SDPA forward",
-                "floor: eager / SDPA forward", "extra memory of capture", "cost estimate"):
+                "floor: eager / SDPA forward", "extra memory of capture", "cost estimate",
+                "`AttentionRollout.attribute(edge_weights=\"gradient\")` / plain forward + backward"):
         assert sum(row in line for line in targets) == 1, row
     llm_rows = [line for line in targets if "`LLMAttentionAttribution` `token_attr`" in line]
     assert len(llm_rows) == len(LLM_MODELS) and all("rollout **" in line for line in llm_rows)
-    assert len(targets) == 7 + len(LLM_MODELS)  # the two absolute one-position targets need the full sizes
+    assert len(targets) == 8 + len(LLM_MODELS)  # the two absolute one-position targets need the full sizes
     assert "**Load:**" in report and "scipy " in report.split("**Machine:**")[1]  # versions and load
     for section in ("## Anchors: networkx and scipy", "## Scaling"):
         assert section in report

@@ -4,6 +4,7 @@ modules) and the documented routes for any other model: attention_modules=, atte
 import pytest
 import torch
 import transformers as T
+from helpers import assert_unchanged, snapshot
 from torch import nn
 
 from captum_attnflow import (
@@ -68,13 +69,6 @@ def weights_by_hand(model, ids, pad):
     return torch.stack(weights)
 
 
-def state(model):
-    return ([m.training for m in model.modules()],
-            [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()],
-            {k: v.clone() for k, v in model.state_dict().items()},
-            ["forward" in vars(m) for m in model.modules()])
-
-
 @pytest.mark.parametrize("fastpath", [True, False])
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_transformer_encoder_matches_hand_captured_weights(batch_first, fastpath):
@@ -85,15 +79,12 @@ def test_transformer_encoder_matches_hand_captured_weights(batch_first, fastpath
     previous = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(fastpath)
     try:
-        before = state(model)
+        before = snapshot(model)  # the fast-path switch as set here is part of it
         rollout = AttentionRollout(model).attribute(ids, additional_forward_args=(pad,))
         flow = AttentionFlow(model).attribute(ids, additional_forward_args=(pad,))
-        assert torch.backends.mha.get_fastpath_enabled() is fastpath
+        assert_unchanged(model, before)
     finally:
         torch.backends.mha.set_fastpath_enabled(previous)
-    after = state(model)
-    assert after[0] == before[0] and after[3] == before[3] and all(h == (0, 0) for h in after[1])
-    assert all(torch.equal(v, after[2][k]) for k, v in before[2].items())
 
     torch.testing.assert_close(rollout, attention_rollout(reference, attention_mask=valid)[-1, :, 0],
                                atol=1e-5, rtol=0)

@@ -4,10 +4,11 @@ listed in :mod:`captum_attnflow.exceptions`."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import transformers as T
-from test_model_restored import PaddedEncoder, assert_unchanged, snapshot, tiny_bert, tiny_vit
+from helpers import PaddedEncoder, assert_unchanged, snapshot, tiny_bert, tiny_vit
 from torch import nn
 
 from captum_attnflow import (
@@ -23,7 +24,15 @@ from captum_attnflow import (
     UnsupportedModelError,
 )
 from captum_attnflow.capture import HuggingFaceAdapter
-from captum_attnflow.functional import _cost, _maxflow, attention_flow, attention_rollout, transition_matrices
+from captum_attnflow.functional import (
+    _cost,
+    _maxflow,
+    attention_flow,
+    attention_rollout,
+    batched_flow_from_transitions,
+    flow_from_transitions,
+    transition_matrices,
+)
 
 FAMILY = {
     InvalidParameterError: ValueError,
@@ -191,14 +200,15 @@ def test_bad_token_index_functional(token_index):
     assert_documented(raised, InvalidParameterError, "token_index")
 
 
-def test_output_positions_is_a_deprecated_alias_of_token_index():
-    weights = attentions()
-    with pytest.warns(DeprecationWarning, match="token_index"):
-        several = attention_flow(weights, output_positions=[0, 2])
-    torch.testing.assert_close(several, attention_flow(weights, token_index=torch.tensor([[0, 2]])))
-    with pytest.warns(DeprecationWarning, match="token_index"):
-        one = attention_flow(weights, output_positions=1)
-    torch.testing.assert_close(one, attention_flow(weights, token_index=1))
+def test_the_old_names_of_token_index_are_gone():
+    """The package is unreleased: ``output_positions=``/``sources=`` were dropped, not deprecated."""
+    with pytest.raises(TypeError, match="output_positions"):
+        attention_flow(attentions(), output_positions=[0, 2])
+    transitions = np.full((1, 3, 3), 1 / 3)
+    with pytest.raises(TypeError, match="sources"):
+        flow_from_transitions(transitions, sources=[0])
+    with pytest.raises(TypeError, match="sources"):
+        batched_flow_from_transitions(transitions[None], sources=[[0]])
 
 
 def test_bad_layer_functional():

@@ -143,15 +143,15 @@ def test_bootstrap_interval_contains_the_mean_and_shrinks_with_more_examples():
 
 
 def test_bootstrap_draws_are_cached_without_changing_any_result():
-    from captum_attnflow.evaluation import metrics
+    from captum_attnflow.evaluation import statistics
 
     table = np.random.default_rng(4).normal(size=(2, 3, 25))
-    metrics._cached_bootstrap_weights.cache_clear()
+    statistics._cached_bootstrap_weights.cache_clear()
     first = bootstrap_mean_cis(table, n_resamples=300, seed=5)
     again = bootstrap_mean_cis(table, n_resamples=300, seed=5)  # drawn from the cache
-    assert metrics._cached_bootstrap_weights.cache_info().hits >= 1
-    fresh = metrics._draw_bootstrap_weights(3, 25, 300, 5)
-    cached = metrics._bootstrap_weights(3, 25, 300, 5)
+    assert statistics._cached_bootstrap_weights.cache_info().hits >= 1
+    fresh = statistics._draw_bootstrap_weights(3, 25, 300, 5)
+    cached = statistics._bootstrap_weights(3, 25, 300, 5)
     assert all(np.array_equal(a, b) for a, b in zip(fresh, cached))
     assert not cached[1].flags.writeable  # shared draws cannot be changed by a caller
     np.testing.assert_array_equal(first, again)
@@ -250,7 +250,7 @@ def test_reduce_output_positions_by_hand_with_layers():
     mask = torch.tensor([[True, True, False]])
     assert close(reduce_output_positions(rows, "max", output_mask=mask), [[[0.6, 0.5, 0.3]]])
     assert close(reduce_output_positions(rows, "mean", output_mask=mask), [[[0.4, 0.3, 0.3]]])
-    assert close(reduce_output_positions(rows, "row", row=1), [[[0.6, 0.1, 0.3]]])
+    assert close(reduce_output_positions(rows, "row", token_index=1), [[[0.6, 0.1, 0.3]]])
     with pytest.raises(InvalidParameterError):
         reduce_output_positions(rows, "median")
     with pytest.raises(InvalidInputError):
@@ -284,7 +284,7 @@ def test_output_positions_relevance_uses_only_real_rows(padding):
         assert torch.allclose(scores[b], real_rows.max(dim=0).values)
     mean = OutputPositionsRelevance(fake, "mean").attribute(ids, additional_forward_args=(mask,))
     assert torch.allclose(mean[1], matrix[1, mask[1].bool()].mean(dim=0))
-    row = OutputPositionsRelevance(fake, "row", row=2).attribute(ids, additional_forward_args=(mask,))
+    row = OutputPositionsRelevance(fake, "row", token_index=2).attribute(ids, additional_forward_args=(mask,))
     assert torch.allclose(row, matrix[:, 2])
     with pytest.raises(InvalidParameterError, match="token_index"):
         OutputPositionsRelevance(fake, "max").attribute(ids, token_index=1)

@@ -13,9 +13,9 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from helpers import PaddedEncoder, assert_unchanged, snapshot, tiny_bert
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_model_restored import PaddedEncoder, assert_unchanged, snapshot, tiny_bert
 
 from captum_attnflow import AttentionFlow, AttentionRollout, AttnFlowError, RawAttention
 from captum_attnflow.functional import attention_flow, attention_rollout, transition_matrices

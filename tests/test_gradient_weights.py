@@ -544,3 +544,46 @@ def test_refusals_of_the_gradient_capture(bert):
 
     with pytest.raises(UnsupportedModelError, match="BatchNorm1d"):
         AttentionRollout(WithBatchNorm().train(), model=None).attribute(IDS, target=0, edge_weights="gradient")
+
+
+class EncoderClassifier(nn.Module):
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.embed = nn.Embedding(20, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, 16, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, ids):
+        return self.head(self.encoder(self.embed(ids))[:, 0])
+
+
+def by_hand(model, ids):
+    """The encoder written out (post-norm layers), attention probabilities as explicit graph tensors."""
+    x, probabilities = model.embed(ids), []
+    for layer in model.encoder.layers:
+        attention = layer.self_attn
+        batch, seq, dim = x.shape
+        heads = attention.num_heads
+        q, k, v = torch.nn.functional.linear(x, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.reshape(batch, seq, heads, dim // heads).transpose(1, 2) for t in (q, k, v))
+        probs = torch.softmax(q @ k.transpose(-1, -2) / (dim // heads) ** 0.5, dim=-1)
+        probabilities.append(probs)
+        mixed = (probs @ v).transpose(1, 2).reshape(batch, seq, dim)
+        x = layer.norm1(x + attention.out_proj(mixed))
+        x = layer.norm2(x + layer.linear2(torch.relu(layer.linear1(x))))
+    return model.head(x[:, 0]), probabilities
+
+
+def test_multihead_attention_gradients_are_those_of_the_encoder_written_out():
+    """nn.MultiheadAttention returns a view of its probabilities made after the product with the
+    values; the gradient must still be that of the tensor the output depends on."""
+    torch.manual_seed(0)
+    model = EncoderClassifier().eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+    captured = capture_attention_gradients(model, ids, target=[0, 2])
+    logits, probabilities = by_hand(model, ids)
+    torch.testing.assert_close(logits, model(ids))
+    expected = torch.autograd.grad(logits[torch.arange(2), torch.tensor([0, 2])].sum(), probabilities)
+    torch.testing.assert_close(captured.attentions, torch.stack([p.detach() for p in probabilities]))
+    torch.testing.assert_close(captured.attention_grads, torch.stack(expected), rtol=1e-5, atol=1e-7)

@@ -24,8 +24,9 @@ from captum_attnflow import (
     RawAttention,
     UnsupportedModelError,
 )
-from captum_attnflow.attr.llm_attention import position_ids_from_mask, word_level_tokenizer
+from captum_attnflow.capture.llm import position_ids_from_mask
 from captum_attnflow.functional import attention_flow, attention_rollout
+from captum_attnflow.toy import word_level_tokenizer
 
 WORDS = ("the keys to cabinet are is on table a dog cat near old red house of these those dogs cats "
          "runs run big small tree trees and with man men").split()

@@ -11,6 +11,7 @@ import copy
 import pytest
 import torch
 import transformers as T
+from helpers import assert_unchanged, snapshot
 
 from captum_attnflow import AttentionFlow, AttentionRollout, RawAttention, UnsupportedModelError
 from captum_attnflow.capture import capture_attention
@@ -102,24 +103,6 @@ def reference_attentions(model, kind, ids, mask):
     return torch.stack(attentions)
 
 
-def model_state(model):
-    configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}
-    return {
-        "attn": sorted((k, c.__dict__.get("_attn_implementation_internal")) for k, c in configs.items()),
-        "training": [m.training for m in model.modules()],
-        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()],
-        "params": {k: v.clone() for k, v in model.state_dict().items()},
-    }
-
-
-def assert_same_state(before, after):
-    assert after["attn"] == before["attn"]
-    assert after["training"] == before["training"]
-    assert after["hooks"] == before["hooks"]
-    for key, value in before["params"].items():
-        assert torch.equal(value, after["params"][key]), key
-
-
 CASES = ([(name, "encoder", f) for name, f in ENCODERS.items()]
          + [(name, "decoder", f) for name, f in DECODERS.items()]
          + [(name, "seq2seq", f) for name, f in SEQ2SEQ.items()])
@@ -138,7 +121,7 @@ def test_rollout_and_flow_match_functional_and_leave_model_as_found(name, kind, 
     ids, mask = padded_batch(padding_side)
     token_index = "last" if kind == "decoder" else 0
     attentions = reference_attentions(model, kind, ids, mask)
-    before = model_state(model)
+    before = snapshot(model)
     forward = forward_for(kind, model)
 
     rollout = AttentionRollout(forward, model=model).attribute(
@@ -156,7 +139,7 @@ def test_rollout_and_flow_match_functional_and_leave_model_as_found(name, kind, 
                                        attention_mask=mask[b:b + 1])[0]
         torch.testing.assert_close(flow[b], expected_flow.float(), atol=1e-5, rtol=0)
     assert (rollout[mask == 0] == 0).all() and (flow[mask == 0] == 0).all()
-    assert_same_state(before, model_state(model))
+    assert_unchanged(model, before)
 
 
 def unpadded(ids, mask, b):
@@ -227,7 +210,7 @@ def test_raw_attention_works_across_families():
 
 def test_real_minilm_rollout_and_flow(minilm, minilm_tokenizer):
     batch = minilm_tokenizer(["attention flow", "a much longer second one"], return_tensors="pt", padding=True)
-    before = model_state(minilm)
+    before = snapshot(minilm)
     args = (batch["attention_mask"],)
     rollout = AttentionRollout(minilm).attribute(batch["input_ids"], additional_forward_args=args)
     flow = AttentionFlow(minilm).attribute(batch["input_ids"], additional_forward_args=args)
@@ -236,7 +219,7 @@ def test_real_minilm_rollout_and_flow(minilm, minilm_tokenizer):
     torch.testing.assert_close(rollout, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(flow, attention_flow(attentions, attention_mask=batch["attention_mask"]),
                                atol=1e-5, rtol=0)
-    assert_same_state(before, model_state(minilm))
+    assert_unchanged(minilm, before)
 
 
 def test_unsupported_model_error_lists_what_is_supported():

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from test_model_restored import PaddedEncoder, assert_unchanged, snapshot, tiny_bert
+from helpers import PaddedEncoder, assert_unchanged, snapshot, tiny_bert
 
 from captum_attnflow import AttentionFlow, AttentionRollout, AttnFlowError, RawAttention
 

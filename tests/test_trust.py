@@ -14,8 +14,8 @@ import pytest
 import torch
 import transformers as T
 from captum.metrics import infidelity, sensitivity_max
+from helpers import PaddedEncoder, assert_unchanged, snapshot, tiny_bert, tiny_gpt2
 from references import networkx_flow
-from test_model_restored import PaddedEncoder, assert_unchanged, snapshot, tiny_bert, tiny_gpt2
 from torch import nn
 
 from captum_attnflow import (

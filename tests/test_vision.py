@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as T
+from helpers import assert_unchanged, snapshot
 from torch import nn
 
 from captum_attnflow import (
@@ -47,19 +48,13 @@ def reference_attentions(model, pixels):
         return torch.stack(eager(pixel_values=pixels, output_attentions=True).attentions)
 
 
-def state(model):
-    return ([m.config._attn_implementation for m in model.modules() if hasattr(m, "config")],
-            [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()],
-            {k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()])
-
-
 @pytest.mark.parametrize("name", list(MODELS))
 def test_patch_grid_is_the_cls_row_over_patch_tokens(name, pixels):
     model = build(name)
     n_special = MODELS[name][1]
     attentions = reference_attentions(model, pixels)
     assert attentions.shape[-1] == n_special + GRID[0] * GRID[1]
-    impl, hooks, params, training = state(model)
+    before = snapshot(model)
 
     grid = AttentionRollout(model).attribute(pixels, return_patch_grid=True)
     expected = attention_rollout(attentions)[-1, :, 0, n_special:].reshape(2, *GRID)
@@ -70,9 +65,7 @@ def test_patch_grid_is_the_cls_row_over_patch_tokens(name, pixels):
     expected_flow = attention_flow(attentions, token_index=0)[:, n_special:].reshape(2, *GRID)
     torch.testing.assert_close(flow_grid, expected_flow.float(), atol=1e-5, rtol=0)
 
-    after = state(model)
-    assert after[0] == impl and after[3] == training and all(h == (0, 0) for h in after[1])
-    assert all(torch.equal(v, after[2][k]) for k, v in params.items())
+    assert_unchanged(model, before)
 
 
 @pytest.mark.parametrize("name", ["vit", "deit-with-teacher"])

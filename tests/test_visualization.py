@@ -48,11 +48,11 @@ def read_png(path):
 # ----------------------------------------------------------------- edge contributions
 
 
-@pytest.mark.parametrize("output_token", [0, 3])
-def test_rollout_edges_deliver_the_rollout_row(attentions, output_token):
+@pytest.mark.parametrize("token_index", [0, 3])
+def test_rollout_edges_deliver_the_rollout_row(attentions, token_index):
     transitions = as_transitions(attentions, example=1)
-    mass = edge_contributions(transitions, output_token, method="rollout")
-    expected = attention_rollout(attentions)[-1, 1, output_token].double().numpy()
+    mass = edge_contributions(transitions, token_index, method="rollout")
+    expected = attention_rollout(attentions)[-1, 1, token_index].double().numpy()
     np.testing.assert_allclose(mass[0].sum(axis=0), expected, atol=1e-6)
     # Conservation: everything leaving a layer arrives at the next one down.
     np.testing.assert_allclose(mass.sum(axis=(1, 2)), np.ones(len(attentions)), atol=1e-6)
@@ -156,7 +156,7 @@ def test_attention_graph_checks_token_count(attentions):
 
 
 def test_layer_attribution_maps_match_functional(attentions):
-    maps = layer_attribution_maps(attentions, output_token=1, example=1)
+    maps = layer_attribution_maps(attentions, token_index=1, example=1)
     assert set(maps) == {"raw", "rollout", "flow"}
     np.testing.assert_allclose(maps["rollout"], attention_rollout(attentions)[:, 1, 1].numpy(), atol=1e-6)
     np.testing.assert_allclose(maps["raw"][2], torch.stack(attentions)[2, 1].mean(0)[1].numpy(), atol=1e-6)
@@ -323,3 +323,45 @@ def test_long_texts_wrap_within_the_width_cap(tmp_path, seq_len):
         assert bar_ticks == tokens and len(bars.axes) > 1
     else:
         assert titles == ["raw", "rollout", "flow"] and len(bars.axes) == 1
+
+
+# ----------------------------------------------------------------- what the demo's figures explain
+
+
+@pytest.mark.parametrize("method, reference", [("flow", attention_flow), ("rollout", attention_rollout)])
+def test_graph_of_every_token_averaged_delivers_the_mean_attribution(attentions, method, reference):
+    """token_index="mean" in the graph means what it means everywhere: every position's row, averaged."""
+    transitions = as_transitions(attentions, example=1)
+    mass = edge_contributions(transitions, "mean", method=method)
+    expected = reference(attentions, token_index="mean")[1]
+    np.testing.assert_allclose(mass[0].sum(axis=0), expected.double().numpy(), atol=1e-6)
+    single = [edge_contributions(transitions, source, method=method) for source in range(len(TOKENS))]
+    np.testing.assert_allclose(mass, np.mean(single, axis=0), atol=1e-12)
+    last = edge_contributions(transitions, "last", method=method)
+    np.testing.assert_allclose(last, single[-1], atol=1e-12)
+
+
+def test_graph_title_rings_and_scores_name_the_explained_positions(attentions):
+    figure = plot_attention_graph(attentions, TOKENS, token_index="mean", example=1)
+    ax = figure.axes[0]
+    assert ax.get_title() == "Attention flow from every token, averaged (layer 4)"
+    scores = [float(text.get_text()) for text in ax.texts]
+    expected = attention_flow(attentions, token_index="mean")[1]
+    np.testing.assert_allclose(scores, expected.numpy(), atol=0.006)  # annotated with 2 decimals
+    ringed = [nodes for nodes in ax.collections if hasattr(nodes, "get_sizes") and nodes.get_sizes().tolist() == [190]]
+    assert len(ringed) == 1 and len(ringed[0].get_offsets()) == len(TOKENS)  # every top node is explained
+    with pytest.raises(InvalidParameterError, match="token_index='all'"):
+        plot_attention_graph(attentions, TOKENS, token_index="all")
+
+
+def test_method_comparison_scales_without_hidden_positions(tmp_path):
+    scores = {"flow": torch.tensor([0.5, 0.08, 0.06, 0.04, 0.07, 0.25]), "ig": torch.tensor([0.0, 2, -4, 1, 3, 0])}
+    figure = plot_method_comparison(scores, TOKENS, hide_positions=(0, -1), path=tmp_path / "bars.png")
+    read_png(tmp_path / "bars.png")
+    ax = figure.axes[0]
+    assert [label.get_text() for label in ax.get_xticklabels()] == TOKENS[1:-1]
+    heights = [patch.get_height() for patch in ax.patches]
+    np.testing.assert_allclose(heights[:4], [1.0, 0.75, 0.5, 0.875])  # flow over the words only
+    np.testing.assert_allclose(heights[4:], [0.5, -1.0, 0.25, 0.75])
+    with pytest.raises(InvalidParameterError, match="hides every token"):
+        plot_method_comparison(scores, TOKENS, hide_positions=range(6))

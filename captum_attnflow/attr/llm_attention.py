@@ -2,30 +2,38 @@
 Captum's LLM attribution API (``captum.attr.LLMAttribution`` and friends)."""
 
 import inspect
-import re
 from dataclasses import dataclass
-from numbers import Integral
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from captum.attr import Attribution, LLMAttributionResult, TextTemplateInput, TextTokenInput
 from captum.log import log_usage
 from torch import nn
+from transformers import PreTrainedModel
 
+from captum_attnflow._compat import pretty_tokens
 from captum_attnflow._validation import check_flag
+from captum_attnflow.attr._llm_inputs import template_value_spans, tokens_to_values
 from captum_attnflow.attr.attention_flow import AttentionFlow
 from captum_attnflow.attr.attention_rollout import AttentionRollout
 from captum_attnflow.attr.raw_attention import RawAttention
 from captum_attnflow.capture.gradients import capture_attention_gradients_per_target
+from captum_attnflow.capture.llm import (
+    causal_lm_forward,
+    end_of_text_ids,
+    generate_targets,
+    left_padded,
+    max_positions,
+    pad_token_id,
+)
 from captum_attnflow.exceptions import (
     InvalidInputError,
     InvalidInputTypeError,
     InvalidParameterError,
     UnsupportedModelError,
 )
+from captum_attnflow.toy import word_level_tokenizer  # noqa: F401  (re-exported: README's import path)
 
-#: Captum's default generation arguments (``captum.attr._core.llm_attr.DEFAULT_GEN_ARGS``).
-DEFAULT_GEN_ARGS: Dict[str, Any] = {"max_new_tokens": 25, "do_sample": False, "temperature": None, "top_p": None}
 #: Options of the wrapped method that this class sets itself.
 _RESERVED_OPTIONS = ("token_index", "return_all_layers", "additional_forward_args", "target",
                      "attention_mask", "return_patch_grid")
@@ -92,7 +100,7 @@ class LLMAttentionAttribution(Attribution):
         >>> from captum.attr import TextTokenInput
         >>> from transformers import GPT2Config, GPT2LMHeadModel
         >>> from captum_attnflow import AttentionRollout, LLMAttentionAttribution
-        >>> from captum_attnflow.attr.llm_attention import word_level_tokenizer
+        >>> from captum_attnflow.toy import word_level_tokenizer
         >>> tokenizer = word_level_tokenizer("the keys to cabinet are is".split())
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <torch._C.Generator object at ...>
@@ -115,10 +123,9 @@ class LLMAttentionAttribution(Attribution):
                 f"attr_method must be one of {[m.__name__ for m in self.SUPPORTED_METHODS]} built on the "
                 f"model, got {type(attr_method).__name__}; for perturbation or gradient methods use "
                 "captum.attr.LLMAttribution / LLMGradientAttribution.")
-        model = attr_method.model
-        _check_causal_lm(model)
+        model = _check_causal_lm(attr_method.model)
         super().__init__(model)
-        self.model: nn.Module = model
+        self.model: PreTrainedModel = model
         self.tokenizer = tokenizer
         self.attr_method = attr_method
         # Same class and adapter, run through a forward that passes the padding mask and the
@@ -236,7 +243,7 @@ class LLMAttentionAttribution(Attribution):
         return dict(kwargs)
 
     def _check_length(self, prompts: List[_Prompt], target_ids: List[torch.Tensor]) -> None:
-        limit = _max_positions(self.model)
+        limit = max_positions(self.model)
         if limit is None:
             return
         for b, (prompt, target) in enumerate(zip(prompts, target_ids)):
@@ -358,14 +365,10 @@ class LLMAttentionAttribution(Attribution):
         return LLMAttributionResult(**{name: value for name, value in fields.items() if name in accepted})
 
 
-# ---------------------------------------------------------------------- model plumbing
+# ---------------------------------------------------------------------- teacher forcing
 
-def _check_causal_lm(model: Optional[nn.Module]) -> None:
-    """Refuse what cannot be explained by teacher forcing before anything runs."""
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        PreTrainedModel = ()
+def _check_causal_lm(model: Optional[nn.Module]) -> PreTrainedModel:
+    """The model, once it is known to be explainable by teacher forcing (refused before anything runs)."""
     if not isinstance(model, PreTrainedModel):
         raise UnsupportedModelError(
             f"LLMAttentionAttribution needs a Hugging Face causal language model, got {type(model).__name__}; "
@@ -379,119 +382,7 @@ def _check_causal_lm(model: Optional[nn.Module]) -> None:
         raise UnsupportedModelError(
             f"{type(model).__name__} cannot generate text (an encoder, or a base model without its language-"
             "modelling head); pass the causal LM class, e.g. GPT2LMHeadModel instead of GPT2Model.")
-
-
-def causal_lm_forward(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``forward(input_ids, attention_mask) -> logits`` with positions counted over real tokens.
-
-    Hugging Face decoders number positions from the first column unless told otherwise, so a
-    left-padded prompt would be read at shifted positions; ``generate`` passes the same
-    ``position_ids`` as here.
-    """
-    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
-
-    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        extra = {"position_ids": position_ids_from_mask(attention_mask)} if takes_positions else {}
-        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
-
-    return forward
-
-
-def generate_targets(model: nn.Module, prompts: Sequence[torch.Tensor], gen_args: Optional[Dict[str, Any]], *,
-                     pad_id: int, end_ids: Sequence[int]) -> List[torch.Tensor]:
-    """Generate a continuation of each 1-D prompt in one left-padded ``model.generate`` call.
-
-    ``gen_args`` default to Captum's; each row is cut after its first end-of-text token (a
-    batched ``generate`` pads the rows that finished early), so it equals the prompt's own
-    generation.
-    """
-    if gen_args is not None and not isinstance(gen_args, dict):
-        raise InvalidParameterError(f"gen_args must be a dict of generate() arguments, got {type(gen_args).__name__}.")
-    gen_args = dict(gen_args or DEFAULT_GEN_ARGS)
-    limit, new_tokens = _max_positions(model), gen_args.get("max_new_tokens")
-    longest = max(len(p) for p in prompts)
-    if limit is not None and isinstance(new_tokens, Integral) and longest + new_tokens > limit:
-        raise InvalidParameterError(
-            f"gen_args['max_new_tokens']={new_tokens} after a {longest}-token prompt goes past the model's "
-            f"maximum length of {limit}; generate at most {max(limit - longest, 0)} tokens.")
-    input_ids, attention_mask, _ = left_padded(prompts, pad_id)
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **gen_args)
-    if output.shape[0] != len(prompts):
-        raise InvalidParameterError(
-            f"gen_args produced {output.shape[0]} sequences for {len(prompts)} prompts; explain one sequence "
-            "per prompt (num_return_sequences=1).")
-    return [_until_end_of_text(row, end_ids) for row in output[:, input_ids.shape[1]:].cpu()]
-
-
-def prompt_token_ids(inp, tokenizer) -> torch.Tensor:
-    """The 1-D token ids the model reads for ``inp``, formed as Captum's LLM classes form them."""
-    model_input = inp.to_model_input()
-    if isinstance(model_input, str):
-        return torch.tensor(tokenizer.encode(model_input), dtype=torch.long)
-    return model_input.reshape(-1)
-
-
-def pad_token_id(tokenizer) -> int:
-    """The tokenizer's padding (else end-of-text) id; any id would do since padding is masked."""
-    for candidate in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if isinstance(candidate, Integral):
-            return int(candidate)
-    return 0
-
-
-def end_of_text_ids(model: nn.Module, tokenizer) -> List[int]:
-    """The ids that end a generation (the model's generation config, else the tokenizer's EOS)."""
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = getattr(tokenizer, "eos_token_id", None)
-    return [] if eos is None else ([int(eos)] if isinstance(eos, Integral) else [int(e) for e in eos])
-
-
-def target_log_probs(model: nn.Module, prompts: Sequence[torch.Tensor], target: torch.Tensor, *,
-                     pad_id: int) -> torch.Tensor:
-    """``(N, T)`` teacher-forced ``log p(target_t | prompt_n, target_<t)`` in one left-padded pass."""
-    input_ids, attention_mask, _ = left_padded([torch.cat([p, target]) for p in prompts], pad_id)
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        logits = causal_lm_forward(model)(input_ids.to(device), attention_mask.to(device))
-    # Right-aligned rows: the same columns predict the target in every row.
-    width, length = input_ids.shape[1], len(target)
-    log_probs = torch.log_softmax(logits[:, width - length - 1:width - 1].float(), dim=-1)
-    return log_probs.gather(-1, target.to(device)[None, :, None].expand(len(prompts), -1, 1))[..., 0].cpu()
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position of each token among the real tokens of its row (padding gets 0).
-
-    Example:
-        >>> position_ids_from_mask(torch.tensor([[0, 0, 1, 1, 1]]))
-        tensor([[0, 0, 0, 1, 2]])
-    """
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def left_padded(sequences: Sequence[torch.Tensor], pad_id: int) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
-    """Stack 1-D id tensors right-aligned: ``(input_ids, attention_mask, offsets)``.
-
-    ``offsets[b]`` is the column of the first real token of row ``b``.
-
-    Example:
-        >>> ids, mask, offsets = left_padded([torch.tensor([5, 6, 7]), torch.tensor([8])], pad_id=0)
-        >>> ids.tolist(), mask.tolist(), offsets
-        ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]], [0, 2])
-    """
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    offsets = []
-    for row, sequence in enumerate(sequences):
-        offset = width - len(sequence)
-        input_ids[row, offset:] = sequence
-        attention_mask[row, offset:] = 1
-        offsets.append(offset)
-    return input_ids, attention_mask, offsets
+    return model
 
 
 def _padded_targets(target_ids: List[torch.Tensor]) -> torch.Tensor:
@@ -521,109 +412,3 @@ def _check_no_future_mass(rows: torch.Tensor, positions: torch.Tensor) -> None:
             f"The model's attention is not causal: in example {b}, position {int(positions[b, p])} draws on the "
             f"later position {column}, so it sees the token it predicts. LLMAttentionAttribution needs a "
             "decoder-only causal language model (for BERT-like LM heads set is_decoder=True).")
-
-
-def _max_positions(model: nn.Module) -> Optional[int]:
-    config = model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, Integral) and value > 0:
-            return int(value)
-    return None
-
-
-def _until_end_of_text(generated: torch.Tensor, end_ids: List[int]) -> torch.Tensor:
-    """A row of a batched ``generate`` cut after its first end-of-text token (padding follows it)."""
-    for index, token in enumerate(generated.tolist()):
-        if token in end_ids:
-            return generated[:index + 1]
-    return generated
-
-
-# ---------------------------------------------------------------------- text features
-
-_MARKER = re.compile("\ue000(\\d+)\ue001")
-
-
-def template_value_spans(inp: TextTemplateInput) -> Tuple[str, List[List[Tuple[int, int]]]]:
-    """The prompt text of ``inp`` and, per value, the character spans where it appears.
-
-    The template is filled with markers to find where each value goes (string templates and
-    template functions alike); a template function that changes its values (e.g. upper-cases
-    them) cannot be mapped and is refused.
-
-    Example:
-        >>> from captum.attr import TextTemplateInput
-        >>> template_value_spans(TextTemplateInput("{} feels {} now", values=["He", "sad"]))
-        ('He feels sad now', [[(0, 2)], [(9, 12)]])
-    """
-    markers = [f"\ue000{index}\ue001" for index in range(len(inp.values))]
-    skeleton = inp.format_fn(**dict(zip(inp.dict_keys, markers))) if inp.dict_keys else inp.format_fn(*markers)
-    pieces, spans, cursor, length = [], [[] for _ in inp.values], 0, 0
-    for match in _MARKER.finditer(skeleton):
-        literal = skeleton[cursor:match.start()]
-        value = inp.values[int(match.group(1))]
-        pieces += [literal, value]
-        length += len(literal)
-        spans[int(match.group(1))].append((length, length + len(value)))
-        length += len(value)
-        cursor = match.end()
-    pieces.append(skeleton[cursor:])
-    text = "".join(pieces)
-    if text != inp.to_model_input():
-        raise InvalidInputError(
-            "The TextTemplateInput's template does not insert its values verbatim, so their tokens cannot be "
-            "found; use a template that places each value unchanged, or a TextTokenInput.")
-    return text, spans
-
-
-def tokens_to_values(offsets: Sequence[Tuple[int, int]], spans: List[List[Tuple[int, int]]]) -> torch.Tensor:
-    """Index of the value each token belongs to (most overlapping characters), -1 for none.
-
-    Example:
-        >>> tokens_to_values([(0, 0), (0, 2), (3, 8), (9, 12)], [[(0, 2)], [(9, 12)]]).tolist()
-        [-1, 0, -1, 1]
-    """
-    owners = []
-    for start, end in offsets:
-        overlaps = [max(min(end, s_end) - max(start, s_start), 0) if end > start else 0
-                    for value_spans in spans for s_start, s_end in value_spans]
-        owner_of_span = [value for value, value_spans in enumerate(spans) for _ in value_spans]
-        best = max(range(len(overlaps)), key=overlaps.__getitem__) if overlaps else None
-        owners.append(owner_of_span[best] if best is not None and overlaps[best] > 0 else -1)
-    return torch.tensor(owners, dtype=torch.long)
-
-
-def pretty_tokens(ids: torch.Tensor, tokenizer) -> List[str]:
-    """Readable target tokens, as Captum's LLM classes show them (no byte-level markers)."""
-    try:
-        from captum.attr._core.llm_attr import _convert_ids_to_pretty_tokens
-    except ImportError:  # pragma: no cover - a Captum without the helper
-        return list(tokenizer.convert_ids_to_tokens(ids.tolist()))
-    return _convert_ids_to_pretty_tokens(ids, tokenizer)
-
-
-def word_level_tokenizer(words: Sequence[str], *, bos_token: str = "<s>", eos_token: str = "</s>",
-                         unk_token: str = "<unk>", pad_token: str = "<pad>"):
-    """A fast Hugging Face tokenizer that splits on whitespace, for toy language models.
-
-    Ids: ``pad_token`` 0, ``bos_token`` 1, ``eos_token`` 2, ``unk_token`` 3, then ``words`` in
-    order. Encoding prepends ``bos_token`` (as Llama's tokenizers do); character offsets are
-    available, so it works with ``TextTemplateInput``.
-
-    Example:
-        >>> tokenizer = word_level_tokenizer(["the", "keys", "are"])
-        >>> tokenizer.encode("the keys are"), tokenizer.encode("are", add_special_tokens=False)
-        ([1, 4, 5, 6], [6])
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocabulary = {token: index for index, token in
-                  enumerate(dict.fromkeys([pad_token, bos_token, eos_token, unk_token, *words]))}
-    backend = Tokenizer(models.WordLevel(vocabulary, unk_token=unk_token))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{bos_token} $A", special_tokens=[(bos_token, vocabulary[bos_token])])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos_token, eos_token=eos_token,
-                                   unk_token=unk_token, pad_token=pad_token)

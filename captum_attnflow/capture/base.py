@@ -41,6 +41,7 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from captum_attnflow._args import format_forward_args
 from captum_attnflow._validation import (
     check_attention_mask,
     check_attention_values,
@@ -272,15 +273,6 @@ def resolve_model(forward_func: Callable, model: Optional[nn.Module] = None) -> 
         "forward_func is a plain function, so the model whose attention to capture is unknown; "
         "pass it as model=..., e.g. AttentionFlow(lambda ids, mask: clf(ids, mask).logits, model=clf)."
     )
-
-
-def format_forward_args(additional_forward_args) -> Tuple:
-    """Captum's ``additional_forward_args`` as a tuple (a single value becomes a 1-tuple)."""
-    if additional_forward_args is None:
-        return ()
-    if isinstance(additional_forward_args, tuple):
-        return additional_forward_args
-    return (additional_forward_args,)
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ def default_weights_from_output(module: nn.Module, output: Any) -> Optional[torc
     return None
 
 
-class _SequenceInputsMixin:
+class _SequenceInputsMixin(AttentionAdapter):
     def check_inputs(self, inputs: Any) -> torch.Tensor:
         return check_sequence_inputs(inputs)
 

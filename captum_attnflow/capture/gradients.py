@@ -10,7 +10,8 @@ backward pass**:
   model reads the probabilities that multiply the values: Hugging Face's eager attention
   returns ``dropout(softmax(q·kᵀ))``, the very tensor of the ``matmul`` with the values
   (dropout returns its input unchanged in eval mode); timm's ``attn_drop`` output is that
-  tensor; ``nn.MultiheadAttention`` returns it when asked for per-head weights. A layer whose
+  tensor; ``nn.MultiheadAttention`` returns a ``(B, H, S, S)`` view of it made after the product,
+  so the gradient is taken at the viewed tensor (:func:`_multiplied_tensor`). A layer whose
   weights the output does not depend on through the graph is an error, never a zero gradient.
 * The target follows Captum's conventions (:func:`select_target_outputs`): an int, a tuple, a
   tensor or a list with one entry per example picks one scalar per example. The selected
@@ -37,6 +38,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from captum_attnflow._args import format_forward_args
 from captum_attnflow.capture.base import (
     AttentionAdapter,
     CapturedAttention,
@@ -46,7 +48,6 @@ from captum_attnflow.capture.base import (
     _stack_counter,
     _warn_if_training,
     find_adapter,
-    format_forward_args,
     model_lock,
     resolve_model,
 )
@@ -187,6 +188,20 @@ def _graph_through_parameters(model: Optional[nn.Module]) -> Iterator[None]:
             parameter.requires_grad_(False)
 
 
+def _multiplied_tensor(weights: torch.Tensor) -> torch.Tensor:
+    """The graph tensor to differentiate: ``weights``, or the tensor they merely reshape.
+
+    ``nn.MultiheadAttention`` multiplies ``(B·H, S, S)`` probabilities with the values and returns
+    a ``(B, H, S, S)`` view made afterwards, which the output does not depend on; the gradient is
+    taken at the viewed tensor and reshaped (same elements, same order).
+    """
+    base = weights._base
+    if (base is not None and base.requires_grad and base.numel() == weights.numel() and weights.is_contiguous()
+            and base.is_contiguous() and base.storage_offset() == weights.storage_offset()):
+        return base
+    return weights
+
+
 @contextlib.contextmanager
 def _live_recording_hooks(adapter: AttentionAdapter, modules: Sequence[nn.Module], session: CaptureSession,
                           live: List[torch.Tensor]) -> Iterator[None]:
@@ -207,7 +222,7 @@ def _live_recording_hooks(adapter: AttentionAdapter, modules: Sequence[nn.Module
                 f"{where} returned weights that are not part of the autograd graph (computed under no_grad or "
                 "detached), so the output's gradient with respect to them cannot be taken; gradient edge weights "
                 "need the weights the model multiplies the values with.")
-        live.append(weights)
+        live.append(_multiplied_tensor(weights))
         session.record_layer(weights, where)
 
     handles = [module.register_forward_hook(record) for module in modules]
@@ -242,8 +257,10 @@ def _record_live(adapter: AttentionAdapter, forward_func: Callable, inputs: torc
     return outputs
 
 
-def _gradients(selected: torch.Tensor, live: List[torch.Tensor], retain_graph: bool) -> torch.Tensor:
-    """``(L, B, H, S, S)``: the gradient of ``selected.sum()`` with respect to each live layer."""
+def _gradients(selected: torch.Tensor, live: List[torch.Tensor], recorded_layers: List[torch.Tensor],
+               retain_graph: bool) -> torch.Tensor:
+    """``(L, B, H, S, S)``: the gradient of ``selected.sum()`` with respect to each live layer
+    (reshaped like the recorded ``(B, H, S, S)`` weights)."""
     if not selected.requires_grad:
         raise AttentionCaptureError(
             "the selected outputs do not depend on the model through the autograd graph (computed under no_grad, "
@@ -255,7 +272,7 @@ def _gradients(selected: torch.Tensor, live: List[torch.Tensor], retain_graph: b
             f"the selected output does not depend on the weights of attention layer(s) {missing} through the graph; "
             "the weights the model returns are not the ones it multiplies the values with, so their gradient "
             "cannot weigh the edges.")
-    return torch.stack([grad.detach() for grad in grads])
+    return torch.stack([grad.detach().reshape(recorded.shape) for grad, recorded in zip(grads, recorded_layers)])
 
 
 def capture_attention_gradients_per_target(forward_func: Callable, inputs: torch.Tensor,
@@ -292,7 +309,7 @@ def capture_attention_gradients_per_target(forward_func: Callable, inputs: torch
     captures = []
     for number, target in enumerate(targets):
         selected = select_target_outputs(outputs, target, batch_size)
-        grads = _gradients(selected, live, retain_graph=number < len(targets) - 1)
+        grads = _gradients(selected, live, session.recorded, retain_graph=number < len(targets) - 1)
         if mask is not None and not bool(mask.all()):
             real = mask.to(grads.device)
             grads = grads.masked_fill(~(real[None, :, None, :, None] & real[None, :, None, None, :]), 0.0)

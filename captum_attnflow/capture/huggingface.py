@@ -22,6 +22,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from captum_attnflow._compat import (
+    attn_implementation,
+    output_recorders,
+    restore_attn_implementation,
+    saved_attn_implementation,
+    set_attn_implementation,
+)
 from captum_attnflow._validation import check_attention_mask
 from captum_attnflow.capture.base import AttentionAdapter, CaptureSession, register_adapter
 from captum_attnflow.exceptions import AttentionCaptureError, InvalidInputError, InvalidInputTypeError
@@ -33,18 +40,18 @@ POSITIONAL_SLOTS = ("attention_mask", "token_type_ids", "position_ids", "labels"
                     "interpolate_pos_encoding")
 
 
-def _pretrained_models(model: nn.Module) -> List[nn.Module]:
+def _pretrained_models(model: nn.Module) -> List[PreTrainedModel]:
     return [m for m in model.modules() if isinstance(m, PreTrainedModel)]
 
 
 def _attention_specs(pretrained: nn.Module) -> List[Tuple[Any, int, Optional[str], Optional[str]]]:
     """``(target_class, index, layer_name, class_name)`` for each declared attention recorder."""
-    specs = getattr(pretrained, "_can_record_outputs", None) or {}
+    specs = output_recorders(pretrained)
     declared = specs.get("attentions")
     if declared is None:
         return []
     declared = declared if isinstance(declared, list) else [declared]
-    parsed = []
+    parsed: List[Tuple[Any, int, Optional[str], Optional[str]]] = []
     for spec in declared:
         if isinstance(spec, str):
             parsed.append((None, 1, None, spec))
@@ -80,13 +87,13 @@ def _all_configs(model: nn.Module) -> List[Any]:
     return list(seen.values())
 
 
-def _switch_to_eager(pretrained: nn.Module) -> None:
+def _switch_to_eager(pretrained: PreTrainedModel) -> None:
     try:
-        pretrained.set_attn_implementation("eager")
+        set_attn_implementation(pretrained, "eager")
     except (ValueError, ImportError, NotImplementedError, AttributeError, RuntimeError) as error:
         raise AttentionCaptureError(
             f"{type(pretrained).__name__} uses attn_implementation="
-            f"{pretrained.config._attn_implementation!r}, whose fused kernel returns no attention weights, "
+            f"{attn_implementation(pretrained.config)!r}, whose fused kernel returns no attention weights, "
             f"and it cannot be switched to eager attention ({error}). Load the model with "
             "attn_implementation='eager', or pass attention_fn=... returning the weights.") from error
 
@@ -95,15 +102,15 @@ def _switch_to_eager(pretrained: nn.Module) -> None:
 def eager_attention(model: nn.Module):
     """Switch every PreTrainedModel inside ``model`` to eager attention; restore exactly after."""
     configs = _all_configs(model)
-    saved = [(config, config.__dict__.get("_attn_implementation_internal")) for config in configs]
+    saved = [(config, saved_attn_implementation(config)) for config in configs]
     try:
         for pretrained in _pretrained_models(model):
-            if pretrained.config._attn_implementation != "eager":
+            if attn_implementation(pretrained.config) != "eager":
                 _switch_to_eager(pretrained)
         yield
     finally:
         for config, value in saved:
-            config._attn_implementation_internal = value
+            restore_attn_implementation(config, value)
 
 
 def _takes_output_attentions(module: nn.Module) -> bool:
@@ -150,7 +157,7 @@ def _unwrapped(forward_func) -> Any:
     return module
 
 
-def _encoder_of(pretrained: nn.Module) -> Optional[nn.Module]:
+def _encoder_of(pretrained: PreTrainedModel) -> Optional[nn.Module]:
     """The encoder stack of an encoder-decoder model, else None."""
     if getattr(pretrained.config, "is_encoder_decoder", False) and hasattr(pretrained, "get_encoder"):
         encoder = pretrained.get_encoder()
@@ -164,6 +171,7 @@ class HuggingFaceAdapter(AttentionAdapter):
 
     name = "huggingface"
     observes_padding_mask = True
+    model: nn.Module  # adapters found by supports(model) always have one
     #: Recorders whose modules are the self-attention of one stack (cross-attention is skipped).
     attention_key = "attentions"
 
@@ -173,7 +181,7 @@ class HuggingFaceAdapter(AttentionAdapter):
         return any(_attention_specs(m) for m in pretrained_models) or any(
             _legacy_attention_modules(m) for m in pretrained_models[:1])
 
-    def _owner(self) -> nn.Module:
+    def _owner(self) -> PreTrainedModel:
         """The outermost PreTrainedModel that declares attention recorders (else the outermost).
 
         Found once per adapter: walking every module on each call costs more than a small

@@ -38,14 +38,14 @@ _FORCED = {"need_weights": True, "average_attn_weights": False}
 
 def _force_weights(args: Tuple, kwargs: dict) -> Tuple[Tuple, dict]:
     """Rewrite an ``nn.MultiheadAttention`` call so it returns per-head weights."""
-    args = list(args)
+    arguments = list(args)
     for name, value in _FORCED.items():
         index = _MHA_PARAMETERS.index(name)
-        if len(args) > index:
-            args[index] = value
+        if len(arguments) > index:
+            arguments[index] = value
         else:
             kwargs[name] = value
-    return tuple(args), kwargs
+    return tuple(arguments), kwargs
 
 
 def _argument(name: str, args: Tuple, kwargs: dict) -> Any:
@@ -85,6 +85,7 @@ class TorchMultiheadAttentionAdapter(AttentionAdapter):
 
     name = "torch-mha"
     observes_padding_mask = True
+    model: nn.Module  # adapters found by supports(model) always have one
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
@@ -93,7 +94,7 @@ class TorchMultiheadAttentionAdapter(AttentionAdapter):
     def attention_modules(self) -> List[nn.Module]:
         in_decoder = {id(m) for layer in self.model.modules() if isinstance(layer, nn.TransformerDecoderLayer)
                       for m in layer.modules()}
-        found = [m for m in self.model.modules() if isinstance(m, nn.MultiheadAttention)]
+        found: List[nn.Module] = [m for m in self.model.modules() if isinstance(m, nn.MultiheadAttention)]
         encoder_side = [m for m in found if id(m) not in in_decoder]
         return encoder_side or found
 

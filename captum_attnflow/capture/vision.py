@@ -135,6 +135,7 @@ class TimmVisionAdapter(_PixelInputsMixin, AttentionAdapter):
     """
 
     name = "timm-vit"
+    model: nn.Module  # adapters found by supports(model) always have one
 
     def __init__(self, model: nn.Module, interpolation: str = "nearest"):
         super().__init__(model)
@@ -148,7 +149,7 @@ class TimmVisionAdapter(_PixelInputsMixin, AttentionAdapter):
         return [m for m in self.model.modules() if _timm_style_attention(m)]
 
     def attention_modules(self) -> List[nn.Module]:
-        return [block.attn_drop for block in self._attention_blocks()]
+        return [block.get_submodule("attn_drop") for block in self._attention_blocks()]
 
     def weights_from_output(self, module: nn.Module, output: Any) -> Optional[torch.Tensor]:
         return output if isinstance(output, torch.Tensor) and output.ndim == 4 else None
@@ -166,7 +167,9 @@ class TimmVisionAdapter(_PixelInputsMixin, AttentionAdapter):
                 block.fused_attn = value
 
     def patch_size(self) -> Tuple[int, int]:
-        return _pair(_patch_embedding(self.model).patch_size)
+        embedding = _patch_embedding(self.model)
+        assert embedding is not None  # supports() found it
+        return _pair(embedding.patch_size)
 
 
 # Vision adapters go first: a ViT is also a Hugging Face model, but its inputs are pixels.

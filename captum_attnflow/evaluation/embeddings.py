@@ -14,6 +14,7 @@ import torch
 from captum.attr import Attribution, InputXGradient, Saliency
 from torch import nn
 
+from captum_attnflow._args import format_forward_args
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
 
 TOKEN_REDUCTIONS = (None, "sum", "sum_abs", "norm")
@@ -92,7 +93,7 @@ class EmbeddingAttribution(Attribution):
         handle = self.embedding_layer.register_forward_hook(capture)
         try:
             with torch.no_grad():
-                self.forward_func(input_ids, *_as_tuple(additional_forward_args))
+                self.forward_func(input_ids, *format_forward_args(additional_forward_args))
         except _StopForward:
             pass
         finally:
@@ -136,7 +137,7 @@ class EmbeddingAttribution(Attribution):
         input_ids = inputs[0] if is_tuple else inputs
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
             raise InvalidInputError("inputs must be a (B, S) integer tensor of token ids.")
-        args = _as_tuple(additional_forward_args)
+        args = format_forward_args(additional_forward_args)
         embeddings = self.embed(input_ids, args)
         output = self.method.attribute(embeddings, target=target, additional_forward_args=(input_ids, *args),
                                        **kwargs)
@@ -216,9 +217,3 @@ class InputGradients(EmbeddingAttribution):
         scores = super().attribute(inputs, target=target, additional_forward_args=additional_forward_args,
                                    **kwargs)
         return tuple(score.detach() for score in scores) if isinstance(scores, tuple) else scores.detach()
-
-
-def _as_tuple(args) -> tuple:
-    if args is None:
-        return ()
-    return args if isinstance(args, tuple) else (args,)

@@ -16,6 +16,7 @@ from captum.attr import Attribution
 from captum.metrics import infidelity, sensitivity_max
 from tqdm.auto import tqdm
 
+from captum_attnflow._args import format_forward_args
 from captum_attnflow.attr import AttentionFlow
 from captum_attnflow.evaluation.metrics import (
     AOPC_BINS,
@@ -24,7 +25,6 @@ from captum_attnflow.evaluation.metrics import (
     REMOVALS,
     SPEARMAN_FORMULAS,
     UNDEFINED_POLICIES,
-    _resolve_target,
     aopc_scores,
     eligible_tokens,
     per_example_spearman,
@@ -32,6 +32,7 @@ from captum_attnflow.evaluation.metrics import (
     token_dropout_infidelity_perturb,
     token_dropout_sensitivity_perturb,
 )
+from captum_attnflow.evaluation.removal import _resolve_target
 from captum_attnflow.evaluation.reporting import EvaluationResult
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
 from captum_attnflow.parallel import flow_map
@@ -291,7 +292,7 @@ class AttributionEvaluator:
             # tensor) and expects a tuple back, as Captum's attribute() gives for tuple inputs.
             if isinstance(perturbed_ids, tuple):
                 (perturbed_ids,) = perturbed_ids
-            perturbed_args = _as_tuple(additional_forward_args)
+            perturbed_args = format_forward_args(additional_forward_args)
             output = self._run_method(name, perturbed_ids, target, perturbed_args, kwargs)
             return (_reduce_to_tokens(output, perturbed_ids, name),)
 
@@ -388,12 +389,6 @@ def _reduce_to_tokens(output, input_ids, name: str) -> torch.Tensor:
             f"{tuple(input_ids.shape)}, got {shape}.")
     # Summing over the embedding dimension is Captum's usual token-level reduction.
     return output.detach().float().reshape(*input_ids.shape, -1).sum(-1)
-
-
-def _as_tuple(args) -> tuple:
-    if args is None:
-        return ()
-    return args if isinstance(args, tuple) else (args,)
 
 
 def _takes_internal_batch_size(method) -> bool:

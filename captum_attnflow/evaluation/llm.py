@@ -22,7 +22,7 @@ import torch
 from captum.attr import TextTemplateInput
 from tqdm.auto import tqdm
 
-from captum_attnflow.attr.llm_attention import (
+from captum_attnflow.capture.llm import (
     end_of_text_ids,
     generate_targets,
     pad_token_id,
@@ -65,7 +65,7 @@ class LLMAttributionEvaluator:
         >>> from captum.attr import FeatureAblation, LLMAttribution, TextTokenInput
         >>> from transformers import GPT2Config, GPT2LMHeadModel
         >>> from captum_attnflow import AttentionRollout, LLMAttentionAttribution
-        >>> from captum_attnflow.attr.llm_attention import word_level_tokenizer
+        >>> from captum_attnflow.toy import word_level_tokenizer
         >>> tokenizer = word_level_tokenizer("the keys to cabinet are is".split())
         >>> _ = torch.manual_seed(0)
         >>> model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2,
@@ -132,7 +132,7 @@ class LLMAttributionEvaluator:
 
     def _keys(self) -> List[Tuple]:
         names = self._names()
-        keys = []
+        keys: List[Tuple] = []
         for metric in self.metrics:
             if metric == "spearman":
                 keys += [("spearman", self.reference, name, None) for name in names if name != self.reference]
@@ -161,7 +161,7 @@ class LLMAttributionEvaluator:
         return scores
 
     def _prompt_metrics(self, inp, target: torch.Tensor, scores: Dict[str, torch.Tensor]) -> Dict[Tuple, List[float]]:
-        values = {}
+        values: Dict[Tuple, List[float]] = {}
         if "spearman" in self.metrics:
             reference = scores[self.reference]
             for name, method_scores in scores.items():
@@ -281,8 +281,8 @@ class LLMEvaluationResult(EvaluationResult):
 
     @classmethod
     def from_values(cls, per_example: Dict[tuple, np.ndarray], per_token: Optional[List[Dict[str, Any]]] = None,
-                    methods: Optional[List[str]] = None) -> "LLMEvaluationResult":
-        summary = EvaluationResult.from_values(per_example)
+                    methods: Optional[List[str]] = None, *, undefined: str = "exclude") -> "LLMEvaluationResult":
+        summary = EvaluationResult.from_values(per_example, undefined=undefined)
         return cls(summary.rows, summary.per_example, per_token, methods)
 
     def _columns(self) -> List[Tuple[str, Optional[str]]]:

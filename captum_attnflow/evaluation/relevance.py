@@ -17,23 +17,24 @@ from typing import Optional
 import torch
 from captum.attr import Attribution
 
+from captum_attnflow._args import format_forward_args
 from captum_attnflow.exceptions import InvalidInputError, InvalidParameterError
 
 #: ``"row"``: one output position's vector; ``"mean"`` / ``"max"``: over the real output positions.
 OUTPUT_REDUCTIONS = ("row", "mean", "max")
 
 
-def reduce_output_positions(scores: torch.Tensor, reduction: str = "row", *, row: int = 0,
+def reduce_output_positions(scores: torch.Tensor, reduction: str = "row", *, token_index: int = 0,
                             output_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Reduce per-output-position token scores ``(..., B, P, S)`` to ``(..., B, S)``.
 
     Args:
         scores: ``scores[..., b, p, j]`` = attribution of input ``j`` when explaining output
             position ``p`` of example ``b`` (e.g. ``attention_rollout(...)`` or
-            ``attention_flow(..., output_positions=range(S))``; leading dims such as layers
+            ``attention_flow(..., token_index="all")``; leading dims such as layers
             are kept).
         reduction: one of :data:`OUTPUT_REDUCTIONS`.
-        row: the output position used by ``"row"`` (0 = ``[CLS]``).
+        token_index: the output position used by ``"row"`` (0 = ``[CLS]``).
         output_mask: ``(B, P)`` bool, the output positions that take part in ``"mean"`` and
             ``"max"`` (real tokens); None uses every position. Each example needs at least one.
 
@@ -42,7 +43,7 @@ def reduce_output_positions(scores: torch.Tensor, reduction: str = "row", *, row
         >>> scores = torch.tensor([[[0.6, 0.4, 0.0], [0.1, 0.8, 0.1], [0.5, 0.0, 0.5]]])
         >>> reduce_output_positions(scores, "max", output_mask=torch.tensor([[True, True, False]]))
         tensor([[0.6000, 0.8000, 0.1000]])
-        >>> reduce_output_positions(scores, "row", row=2)
+        >>> reduce_output_positions(scores, "row", token_index=2)
         tensor([[0.5000, 0.0000, 0.5000]])
     """
     if reduction not in OUTPUT_REDUCTIONS:
@@ -51,9 +52,10 @@ def reduce_output_positions(scores: torch.Tensor, reduction: str = "row", *, row
         raise InvalidInputError("scores must be a tensor (..., B, P, S) of per-output-position attributions.")
     batch_size, num_outputs = scores.shape[-3], scores.shape[-2]
     if reduction == "row":
-        if not -num_outputs <= row < num_outputs:
-            raise InvalidParameterError(f"row={row} is out of range for {num_outputs} output positions.")
-        return scores[..., row, :]
+        if not -num_outputs <= token_index < num_outputs:
+            raise InvalidParameterError(
+                f"token_index={token_index} is out of range for {num_outputs} output positions.")
+        return scores[..., token_index, :]
     if output_mask is None:
         output_mask = torch.ones(batch_size, num_outputs, dtype=torch.bool, device=scores.device)
     if not isinstance(output_mask, torch.Tensor) or tuple(output_mask.shape) != (batch_size, num_outputs):
@@ -77,8 +79,8 @@ class OutputPositionsRelevance(Attribution):
     Args:
         method: a Captum attribution whose ``attribute`` takes ``token_index`` (an int or a
             ``(B,)`` tensor of positions), e.g. :class:`~captum_attnflow.AttentionFlow`.
-        reduction: one of :data:`OUTPUT_REDUCTIONS`; ``"row"`` simply forwards ``row``.
-        row: the explained position for ``"row"``.
+        reduction: one of :data:`OUTPUT_REDUCTIONS`; ``"row"`` simply forwards ``token_index``.
+        token_index: the explained position for ``"row"``.
 
     Example:
         >>> import torch
@@ -92,7 +94,7 @@ class OutputPositionsRelevance(Attribution):
         True
     """
 
-    def __init__(self, method: Attribution, reduction: str = "max", *, row: int = 0) -> None:
+    def __init__(self, method: Attribution, reduction: str = "max", *, token_index: int = 0) -> None:
         if not isinstance(method, Attribution):
             raise InvalidParameterError(f"method must be a Captum Attribution, got {type(method).__name__}.")
         if reduction not in OUTPUT_REDUCTIONS:
@@ -100,7 +102,7 @@ class OutputPositionsRelevance(Attribution):
         super().__init__(method.forward_func)
         self.method = method
         self.reduction = reduction
-        self.row = row
+        self.token_index = token_index
 
     def attribute(self, inputs: torch.Tensor, target=None, additional_forward_args=None, **kwargs) -> torch.Tensor:
         r"""
@@ -115,12 +117,13 @@ class OutputPositionsRelevance(Attribution):
             ``(B, S)``, or ``(L, B, S)`` with ``return_all_layers=True``.
         """
         if "token_index" in kwargs:
-            raise InvalidParameterError("token_index is chosen by OutputPositionsRelevance; do not pass it.")
+            raise InvalidParameterError("token_index is chosen by OutputPositionsRelevance (pass it to its constructor "
+                                        "with reduction='row'), not to attribute.")
         if not isinstance(inputs, torch.Tensor) or inputs.ndim != 2:
             raise InvalidInputError("inputs must be a (B, S) tensor of token ids.")
         call = dict(target=target, additional_forward_args=additional_forward_args, **kwargs)
         if self.reduction == "row":
-            return self.method.attribute(inputs, token_index=self.row, **call)
+            return self.method.attribute(inputs, token_index=self.token_index, **call)
         real = _real_tokens(inputs, additional_forward_args)
         positions, taken = _kth_real_positions(real)
         per_position = [self.method.attribute(inputs, token_index=positions[:, k], **call)
@@ -137,7 +140,7 @@ class OutputPositionsRelevance(Attribution):
 
 
 def _real_tokens(inputs: torch.Tensor, additional_forward_args) -> torch.Tensor:
-    args = additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,)
+    args = format_forward_args(additional_forward_args)
     first = args[0] if args else None
     if isinstance(first, torch.Tensor) and first.shape == inputs.shape:
         return first.bool()

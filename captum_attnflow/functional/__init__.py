@@ -16,6 +16,12 @@ from captum_attnflow.functional.causal import (
     uniform_causal_attention,
 )
 from captum_attnflow.functional.edge_flow import attention_flow
+from captum_attnflow.functional.encoder_decoder import (
+    EncoderDecoderAttentions,
+    chefer_relevance,
+    encoder_decoder_flow,
+    joint_transitions,
+)
 from captum_attnflow.functional.flow import (
     batched_flow_from_transitions,
     flow_attribution,
@@ -46,18 +52,22 @@ __all__ = [
     "FLOW_BACKENDS",
     "TOKEN_INDEX_MODES",
     "AttentionWeights",
+    "EncoderDecoderAttentions",
     "attention_flow",
     "attention_graph",
     "attention_rollout",
     "batched_flow_from_transitions",
     "check_token_index",
+    "chefer_relevance",
     "discard_lowest",
+    "encoder_decoder_flow",
     "estimate_flow_cost",
     "explained_positions",
     "flow_attribution",
     "flow_from_transitions",
     "fuse_heads",
     "gradient_weighted_attention",
+    "joint_transitions",
     "normalize_by_receptive_field",
     "raw_attention",
     "receptive_field_transitions",

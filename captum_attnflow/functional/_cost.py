@@ -103,8 +103,8 @@ def estimate_flow_cost(num_layers: Union[int, Sequence[int]], seq_len: int, batc
     """
     engine = _maxflow.resolve_backend(backend)
     measured_steps = steps_per_problem
-    depths = [int(num_layers)] if isinstance(num_layers, Integral) else [int(d) for d in num_layers]
-    positions = (int(num_positions) * batch_size if isinstance(num_positions, Integral)
+    depths = [int(num_layers)] if isinstance(num_layers, (int, Integral)) else [int(d) for d in num_layers]
+    positions = (int(num_positions) * batch_size if isinstance(num_positions, (int, Integral))
                  else sum(int(p) for p in num_positions))
     problems_per_depth = positions * seq_len * repeats
     if engine == "numba":

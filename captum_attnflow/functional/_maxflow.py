@@ -41,9 +41,10 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from captum_attnflow.exceptions import InvalidParameterError
 from captum_attnflow.functional.graph import attention_graph
@@ -52,7 +53,7 @@ try:  # numba is a declared dependency; the guard keeps the other engines usable
     import numba
     _NUMBA_IMPORT_ERROR: Optional[BaseException] = None
 except ImportError as error:  # pragma: no cover - exercised in a subprocess by the tests
-    numba = None
+    numba = None  # type: ignore[assignment]  # the engines test for None
     _NUMBA_IMPORT_ERROR = error
 
 RESIDUAL_TOLERANCE = 1e-12
@@ -740,7 +741,7 @@ def all_positions(batch_size: int, seq_len: int) -> Tuple[np.ndarray, np.ndarray
     return np.repeat(np.arange(batch_size), seq_len), np.tile(np.arange(seq_len), batch_size)
 
 
-def sample_steps_per_problem(transitions: np.ndarray, examples: Sequence[int], sources: Sequence[int], *,
+def sample_steps_per_problem(transitions: np.ndarray, examples: ArrayLike, sources: ArrayLike, *,
                              valid: Optional[np.ndarray] = None, samples: int = 16, seed: int = 0) -> float:
     """Mean work (steps) of up to ``samples`` randomly drawn problems of a call, solved alone.
 
@@ -843,7 +844,7 @@ def _solve_on_threads(capacities, examples, sources, valid, chunks, tol, out, th
 
 # ---------------------------------------------------------------------------- entry points
 
-def max_flows_for_tasks(transitions: np.ndarray, examples: Sequence[int], sources: Sequence[int], *,
+def max_flows_for_tasks(transitions: np.ndarray, examples: ArrayLike, sources: ArrayLike, *,
                         valid: Optional[np.ndarray] = None, backend: str = "auto",
                         show_progress: Optional[bool] = None, work: Optional[np.ndarray] = None) -> np.ndarray:
     """Exact max-flow values for a list of problems, ``(T, S)``.

@@ -33,7 +33,7 @@ def attention_flow(attentions, *, token_index: TokenIndex = 0, layer: Optional[i
                    attention_mask: Optional[torch.Tensor] = None, backend: str = "auto",
                    causal_normalization: bool = False, allow_large: bool = False,
                    executor: Optional[Executor] = None, chunk_size: Optional[int] = None,
-                   show_progress: Optional[bool] = None, output_positions=None, edge_weights: str = "attention",
+                   show_progress: Optional[bool] = None, edge_weights: str = "attention",
                    attention_grads=None, start_layer: int = 0, discard_mode: str = "row") -> torch.Tensor:
     """Attention flow from the explained position(s) after ``layer`` to every input token.
 
@@ -68,9 +68,7 @@ def attention_flow(attentions, *, token_index: TokenIndex = 0, layer: Optional[i
             head_fusion=head_fusion, residual_weight=residual_weight, discard_ratio=discard_ratio,
             normalize=normalize, attention_mask=attention_mask, backend=backend,
             causal_normalization=causal_normalization, allow_large=allow_large, executor=executor,
-            chunk_size=chunk_size, show_progress=show_progress, output_positions=output_positions)
-    if output_positions is not None:
-        token_index = _flow._positions_as_token_index(output_positions, attentions)
+            chunk_size=chunk_size, show_progress=show_progress)
     check_flag("normalize", normalize)
     check_flag("causal_normalization", causal_normalization)
     _maxflow.check_backend(backend)

@@ -7,10 +7,9 @@ the list of explained ``positions`` (a resolved ``token_index``), for users who 
 attention themselves.
 """
 
-import warnings
 from concurrent.futures import Executor
 from numbers import Integral
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,34 +27,22 @@ from captum_attnflow.functional.positions import (
 )
 
 
-def _renamed(kwargs: dict, old: str, new: str, value):
-    """Accept a deprecated keyword ``old`` for ``new`` (with a DeprecationWarning)."""
-    if old not in kwargs:
-        if kwargs:
-            raise TypeError(f"unexpected keyword argument(s) {sorted(kwargs)}")
-        return value
-    if value is not None:
-        raise TypeError(f"pass {new}= only; {old}= is its deprecated name")
-    warnings.warn(f"{old}= is deprecated; use {new}=", DeprecationWarning, stacklevel=3)
-    return kwargs.pop(old)
-
-
-def flow_from_transitions(transitions: np.ndarray, positions: Optional[Sequence[int]] = None, *,
+def flow_from_transitions(transitions: np.ndarray, positions: Sequence[int], *,
                           valid: Optional[np.ndarray] = None, normalize: bool = True,
-                          backend: str = "auto", **deprecated) -> np.ndarray:
+                          backend: str = "auto") -> np.ndarray:
     """Flow to every input from each explained position on the top layer of ``transitions``.
 
     Args:
         transitions: ``(l, S, S)`` float64 array, ``transitions[k] = Â_{k+1}``; the edge
             (k+1, i) -> (k, j) has capacity ``transitions[k, i, j]``.
-        positions: the explained positions ``p`` (source nodes ``(l, p)``); ``sources=`` is
-            its deprecated name.
+        positions: the explained positions ``p`` (source nodes ``(l, p)``) as plain indices into
+            the sequence; unlike the public ``token_index`` they take no ``"mean"``/``"last"``/``"all"``.
         valid: optional ``(S,)`` bool array of real (non-padding) tokens; padded inputs get 0.
         normalize: divide each flow vector by its sum over inputs (the paper's choice).
         backend: max-flow engine, see :data:`captum_attnflow.functional.FLOW_BACKENDS`.
 
     Returns:
-        ``(len(sources), S)`` array of flow values.
+        ``(len(positions), S)`` array of flow values.
 
     Example:
         >>> import numpy as np
@@ -63,23 +50,21 @@ def flow_from_transitions(transitions: np.ndarray, positions: Optional[Sequence[
         >>> flow_from_transitions(transitions, [0], normalize=False)
         array([[0.5, 0.5]])
     """
-    positions = _renamed(deprecated, "sources", "positions", positions)
     return batched_flow_from_transitions(np.asarray(transitions)[None], [list(positions)],
                                          valid=None if valid is None else np.asarray(valid)[None],
                                          normalize=normalize, backend=backend)[0]
 
 
-def batched_flow_from_transitions(transitions: np.ndarray, positions: Optional[Sequence[Sequence[int]]] = None, *,
+def batched_flow_from_transitions(transitions: np.ndarray, positions: Sequence[Sequence[int]], *,
                                   valid: Optional[np.ndarray] = None, normalize: bool = True,
                                   backend: str = "auto", executor: Optional[Executor] = None,
-                                  chunk_size: Optional[int] = None, show_progress: Optional[bool] = None,
-                                  **deprecated) -> List[np.ndarray]:
+                                  chunk_size: Optional[int] = None,
+                                  show_progress: Optional[bool] = None) -> List[np.ndarray]:
     """:func:`flow_from_transitions` for a batch, solved in one call to the engine.
 
     Args:
         transitions: ``(B, l, S, S)`` float64 array of every example's ``Â_1 … Â_l``.
-        positions: for each example, its explained positions (lists may differ in length);
-            ``sources=`` is its deprecated name.
+        positions: for each example, its explained positions (lists may differ in length).
         valid: optional ``(B, S)`` bool array of real tokens; padded inputs get 0.
         normalize, backend: as in :func:`flow_from_transitions`.
         executor: optional :class:`concurrent.futures.Executor` (a process pool, a Dask
@@ -93,7 +78,6 @@ def batched_flow_from_transitions(transitions: np.ndarray, positions: Optional[S
     Returns:
         A list of B arrays, ``(len(positions[b]), S)`` each.
     """
-    positions = _renamed(deprecated, "sources", "positions", positions)
     if executor is not None:
         return _flows_on_executor(transitions, positions, valid, normalize, backend, executor, chunk_size)
     examples, flat_positions = _flattened(positions)
@@ -193,7 +177,7 @@ def _check_budget(graphs: np.ndarray, positions: List[List[int]], layers: List[i
     batch_size, _, seq_len, _ = graphs.shape
     depths = [layer + 1 for layer in layers]
     counts = [len(p) for p in positions]
-    estimate = dict(backend=backend, repeats=repeats, residual_weight=residual_weight)
+    estimate: Dict[str, Any] = dict(backend=backend, repeats=repeats, residual_weight=residual_weight)
     cost = estimate_flow_cost(depths, seq_len, batch_size, counts, **estimate)
     if not allow_large and cost.seconds > _cost.FLOW_TIME_BUDGET_S and _maxflow.resolve_backend(backend) == "numba":
         examples, flat_positions = _flattened(positions)
@@ -202,7 +186,7 @@ def _check_budget(graphs: np.ndarray, positions: List[List[int]], layers: List[i
     check_flow_budget(cost, allow_large)
 
 
-def _flattened(positions: List[List[int]]):
+def _flattened(positions: Sequence[Sequence[int]]):
     """``(examples, positions)`` arrays, one entry per explained position, for the engine."""
     examples = np.concatenate([np.full(len(p), b, dtype=np.int64) for b, p in enumerate(positions)])
     return examples, np.concatenate([np.asarray(p, dtype=np.int64) for p in positions])
@@ -226,7 +210,7 @@ def attention_flow(attentions, *, token_index: TokenIndex = 0, layer: Optional[i
                    attention_mask: Optional[torch.Tensor] = None, backend: str = "auto",
                    causal_normalization: bool = False, allow_large: bool = False,
                    executor: Optional[Executor] = None, chunk_size: Optional[int] = None,
-                   show_progress: Optional[bool] = None, output_positions=None) -> torch.Tensor:
+                   show_progress: Optional[bool] = None) -> torch.Tensor:
     """Attention flow from the explained position(s) after ``layer`` to every input token.
 
     The graph has a node per (layer, position), layer 0 being the inputs, and an edge
@@ -262,8 +246,6 @@ def attention_flow(attentions, *, token_index: TokenIndex = 0, layer: Optional[i
         chunk_size: with ``executor``, examples per submitted task (default: the batch in 8 tasks).
         show_progress: a progress bar over the max-flow problems: ``None`` (default) shows one
             once a call has run for 2 s; ``True``/``False`` force it on or off.
-        output_positions: deprecated name of ``token_index`` (an int, or a sequence of P ints
-            explained in every example, giving ``(B, P, S)``).
 
     Returns:
         ``[L,] B`` followed by ``S``, ``P, S`` or ``S, S`` (see ``token_index``), in the
@@ -277,10 +259,6 @@ def attention_flow(attentions, *, token_index: TokenIndex = 0, layer: Optional[i
         >>> torch.allclose(flow, attention_rollout(attentions)[0, :, 0], atol=1e-6)
         True
     """
-    if output_positions is not None:
-        warnings.warn("output_positions= is deprecated; use token_index= (a (B, P) tensor for several positions "
-                      "per example)", DeprecationWarning, stacklevel=2)
-        token_index = _positions_as_token_index(output_positions, attentions)
     check_flag("normalize", normalize)
     check_flag("causal_normalization", causal_normalization)
     _maxflow.check_backend(backend)
@@ -301,14 +279,3 @@ def attention_flow(attentions, *, token_index: TokenIndex = 0, layer: Optional[i
     scores = scores.to(device=problem.device, dtype=problem.dtype)
     return scores if return_all_layers else scores[0]
 
-
-def _positions_as_token_index(output_positions, attentions) -> TokenIndex:
-    """The deprecated ``output_positions``: an int, or P ints explained in every example."""
-    if isinstance(output_positions, torch.Tensor) and output_positions.ndim == 0:
-        output_positions = output_positions.item()
-    if isinstance(output_positions, (list, tuple, torch.Tensor)):
-        layers = attentions.attentions if hasattr(attentions, "attentions") else attentions
-        batch_size = layers[0].shape[0]
-        positions = torch.as_tensor(output_positions).reshape(1, -1)
-        return positions.expand(batch_size, -1)
-    return output_positions

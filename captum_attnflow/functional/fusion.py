@@ -83,8 +83,9 @@ def checked_attentions(attentions, head_fusion: str, attention_mask: Optional[to
                 "you want.")
         valid = attentions.attention_mask
         if attention_mask is not None:
-            given = check_attention_mask(attention_mask, *attentions.attentions.shape[1:2],
+            given = check_attention_mask(attention_mask, attentions.attentions.shape[1],
                                          attentions.attentions.shape[-1])
+            assert given is not None  # a mask was given, so one is returned
             if valid is None or not torch.equal(given.cpu(), valid.cpu()):
                 raise InvalidInputError(
                     "attention_mask differs from the padding mask the model received when the attentions were "
@@ -292,13 +293,16 @@ def transition_matrices(attentions, *, head_fusion: str = "mean", residual_weigh
             and results do not depend on how much padding there is.
         edge_weights: ``"attention"`` (the weights themselves), ``"gradient"`` (Chefer et al.
             2021: ``Â_l = I + E_h[(∇A_l ⊙ A_l)^+]``) or ``"grad_rollout"`` (vit-explain:
-            ``Â_l = w·I + (1−w)·(E_h[∇A_l ⊙ A_l])^+``, rows renormalised); see
+            ``Â_l = w·I + (1−w)·(E_h[∇A_l ⊙ A_l])^+``, rows renormalised; their
+            ``vit_grad_rollout.py:26`` divides by ``a.sum(dim=-1)`` without ``keepdim``, which
+            broadcasts row sums over columns, and rows are normalised here instead); see
             :func:`gradient_weighted_attention`.
         attention_grads: with the gradient weightings, the gradient of the target output with
             respect to every head's weights, shaped like ``attentions`` (or carried by
             ``attentions``, as :func:`captum_attnflow.capture.capture_attention_gradients` returns).
         start_layer: layers before it (Python-list index) get identity matrices, i.e. are
-            skipped, as ``start_layer`` in Chefer et al.'s code.
+            skipped, as ``start_layer`` in Chefer et al.'s code (``if i < start_layer: continue``
+            in ``interpret`` of Transformer-MM-Explainability's ``CLIP_explainability.ipynb``).
         discard_mode: ``"row"`` or ``"matrix"`` (vit-explain's whole-matrix rule), see
             :func:`discard_lowest`.
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 
 from captum_attnflow.exceptions import InvalidInputError
 
@@ -28,10 +28,18 @@ def new_figure(figsize: Tuple[float, float], ncols: int = 1, nrows: int = 1,
     return figure, axes
 
 
+def root_figure(ax: Axes) -> Figure:
+    """The figure holding ``ax``: the top-level one when ``ax`` sits in a subfigure (only it can be saved)."""
+    figure = ax.figure
+    while isinstance(figure, SubFigure):
+        figure = figure.figure
+    return figure
+
+
 def figure_and_axes(ax: Optional[Axes], figsize: Tuple[float, float]) -> Tuple[Figure, Axes]:
-    """``(ax.figure, ax)`` when an axes is given, otherwise a new one-axes figure."""
+    """``(figure of ax, ax)`` when an axes is given, otherwise a new one-axes figure."""
     if ax is not None:
-        return ax.figure, ax
+        return root_figure(ax), ax
     figure, axes = new_figure(figsize)
     return figure, axes[0, 0]
 

@@ -6,7 +6,7 @@ added. Rollout and flow are both ways of propagating through this graph, so the 
 highlight *how* an output token reaches the inputs under either method.
 """
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import networkx as nx
 import numpy as np
@@ -32,6 +32,8 @@ from captum_attnflow.visualization._common import (
 MAX_GRAPH_TOKENS = 16
 MAX_GRAPH_LAYERS = 12
 HIGHLIGHTS = ("flow", "rollout", None)
+#: ``token_index`` values the attention graph draws: one position, or the library's "mean"/"last".
+GraphTokenIndex = Union[int, str]
 
 Edge = Tuple[Tuple[int, int], Tuple[int, int]]
 
@@ -75,16 +77,19 @@ def _check_example(example: int, batch_size: int) -> int:
     return example % batch_size
 
 
-def edge_contributions(transitions: np.ndarray, output_token: int, *, method: str = "flow",
+def edge_contributions(transitions: np.ndarray, token_index: GraphTokenIndex, *, method: str = "flow",
                        input_token: Optional[int] = None) -> np.ndarray:
     """How much of the explained token's attribution each edge of the graph carries.
 
     Returns an array ``E`` shaped like ``transitions``: ``E[l - 1, i, k]`` is the amount on the
-    edge ``(l, i) -> (l - 1, k)``; the source is node ``(L, output_token)``.
+    edge ``(l, i) -> (l - 1, k)``; the source is node ``(L, token_index)``. As everywhere in
+    the library, ``token_index="mean"`` explains every position, averaged (the mean of the
+    single-source amounts, so what reaches the inputs is ``token_index="mean"``'s attribution),
+    and ``"last"`` the last position (the graph of one unpadded example).
 
     * ``"rollout"``: the summed weight of all paths through the edge (products of ``Â`` along
       each path). What reaches input ``j`` is exactly the rollout score of ``j``.
-    * ``"flow"``: one maximum flow per input ``j`` (Edmonds–Karp, as the authors ran it),
+    * ``"flow"``: one maximum flow per input ``j`` (networkx's preflow-push, its fastest here),
       summed and divided by the total, so what reaches input ``j`` is the normalized attention
       flow of ``j``. Maximum flows are not unique; this shows one of them.
 
@@ -99,18 +104,41 @@ def edge_contributions(transitions: np.ndarray, output_token: int, *, method: st
     """
     transitions = np.asarray(transitions, dtype=np.float64)
     seq_len = transitions.shape[-1]
-    output_token = check_position(output_token, seq_len, "output_token")
+    sources = explained_sources(token_index, seq_len)
     if input_token is not None:
         input_token = check_position(input_token, seq_len, "input_token")
-    if method == "rollout":
-        return _rollout_contributions(transitions, output_token, input_token)
-    if method == "flow":
-        inputs = range(seq_len) if input_token is None else [input_token]
-        return _flow_contributions(transitions, output_token, inputs, normalize=input_token is None)
-    raise InvalidParameterError(f"method={method!r} is not supported; use 'flow' or 'rollout'.")
+    if method not in ("flow", "rollout"):
+        raise InvalidParameterError(f"method={method!r} is not supported; use 'flow' or 'rollout'.")
+    inputs = range(seq_len) if input_token is None else [input_token]
+    per_source = [_rollout_contributions(transitions, source, input_token) if method == "rollout" else
+                  _flow_contributions(transitions, source, inputs, normalize=input_token is None)
+                  for source in sources]
+    return np.mean(per_source, axis=0)
 
 
-def _rollout_contributions(transitions: np.ndarray, output_token: int,
+def explained_sources(token_index: GraphTokenIndex, seq_len: int) -> List[int]:
+    """The top-layer positions that ``token_index`` explains in a graph of ``seq_len`` real tokens.
+
+    Example:
+        >>> explained_sources("mean", 3), explained_sources("last", 3), explained_sources(-1, 3)
+        ([0, 1, 2], [2], [2])
+    """
+    if isinstance(token_index, str):
+        if token_index == "mean":
+            return list(range(seq_len))
+        if token_index == "last":
+            return [seq_len - 1]
+        raise InvalidParameterError(
+            f"token_index={token_index!r} is not supported by the attention graph; use a position, "
+            "'mean' (every token, averaged) or 'last'.")
+    return [check_position(token_index, seq_len, "token_index")]
+
+
+def _source_label(token_index: GraphTokenIndex, sources: Sequence[int], tokens: Sequence[str]) -> str:
+    return "every token, averaged" if token_index == "mean" else f"'{tokens[sources[0]]}'"
+
+
+def _rollout_contributions(transitions: np.ndarray, token_index: int,
                            input_token: Optional[int]) -> np.ndarray:
     num_layers, seq_len, _ = transitions.shape
     # reach[l][k]: share of node (l, k)'s rollout that ends in the selected input (all: 1).
@@ -121,23 +149,23 @@ def _rollout_contributions(transitions: np.ndarray, output_token: int,
         for layer in range(num_layers - 1):
             reach.append(transitions[layer] @ reach[-1])
     mass = np.zeros_like(transitions)
-    arriving = np.eye(seq_len)[output_token]  # total path weight arriving at each node
+    arriving = np.eye(seq_len)[token_index]  # total path weight arriving at each node
     for layer in range(num_layers - 1, -1, -1):
         mass[layer] = arriving[:, None] * transitions[layer] * reach[layer][None, :]
         arriving = arriving @ transitions[layer]
     return mass
 
 
-def _flow_contributions(transitions: np.ndarray, output_token: int, inputs: Sequence[int],
+def _flow_contributions(transitions: np.ndarray, token_index: int, inputs: Sequence[int],
                         normalize: bool) -> np.ndarray:
     num_layers = transitions.shape[0]
     graph = attention_graph(transitions)
-    source = (num_layers, output_token)
+    source = (num_layers, token_index)
     mass = np.zeros_like(transitions)
     total = 0.0
     for position in inputs:
         value, flow = nx.maximum_flow(graph, source, (0, position),
-                                      flow_func=nx.algorithms.flow.edmonds_karp)
+                                      flow_func=nx.algorithms.flow.preflow_push)
         total += value
         for (layer, i), targets in flow.items():
             for (_, k), amount in targets.items():
@@ -147,7 +175,7 @@ def _flow_contributions(transitions: np.ndarray, output_token: int, inputs: Sequ
     return mass
 
 
-def plot_attention_graph(attentions, tokens: Sequence[str], *, output_token: int = 0, layer: int = -1,
+def plot_attention_graph(attentions, tokens: Sequence[str], *, token_index: GraphTokenIndex = 0, layer: int = -1,
                          highlight: Optional[str] = "flow", input_token: Optional[int] = None,
                          example: int = 0, head_fusion: str = "mean", residual_weight: float = 0.5,
                          ax: Optional[Axes] = None, cmap: str = "plasma_r", title: Optional[str] = None,
@@ -158,12 +186,14 @@ def plot_attention_graph(attentions, tokens: Sequence[str], *, output_token: int
     Gray edges show ``Â`` (width and opacity grow with the weight). With ``highlight`` the
     edges that carry the explained token's attribution are drawn on top, colored and sized
     by the amount they carry (:func:`edge_contributions`), and the input nodes are filled
-    with the resulting score. The explained node is ringed in red.
+    with the resulting score, which is the method's attribution of the explained position(s).
+    The explained nodes are ringed in red.
 
     Args:
         attentions: see :func:`as_transitions` (raw attention, captured attention, or ``Â``).
         tokens: one label per position.
-        output_token: position of the explained token in the top layer drawn.
+        token_index: position of the explained token in the top layer drawn, or ``"mean"``
+            (every token's, averaged: what mean-pooled models are explained by) or ``"last"``.
         layer: draw the graph up to this layer's output (Python indexing, ``-1`` = all).
         highlight: ``"flow"``, ``"rollout"`` or None (only the graph).
         input_token: highlight only the paths ending in this input.
@@ -195,7 +225,8 @@ def plot_attention_graph(attentions, tokens: Sequence[str], *, output_token: int
     num_layers, seq_len, _ = transitions.shape
     tokens = check_tokens(tokens, seq_len)
     _check_drawable(num_layers, seq_len, allow_large)
-    output_token = check_position(output_token, seq_len, "output_token")
+    sources = explained_sources(token_index, seq_len)
+    source_label = _source_label(token_index, sources, tokens)
 
     figure, ax = figure_and_axes(ax, (max(6.0, 0.75 * seq_len + 2.0), max(3.5, 0.7 * num_layers + 2.0)))
     graph = attention_graph(transitions)
@@ -203,17 +234,17 @@ def plot_attention_graph(attentions, tokens: Sequence[str], *, output_token: int
     _draw_weights(graph, positions, ax, faint=highlight is not None)
     scores, mappable = None, None
     if highlight is not None:
-        mass = edge_contributions(transitions, output_token, method=highlight, input_token=input_token)
+        mass = edge_contributions(transitions, token_index, method=highlight, input_token=input_token)
         scores = mass[0].sum(axis=0)
         mappable = _draw_highlight(graph, positions, mass, ax, colormaps[cmap])
         if colorbar:
             figure.colorbar(mappable, ax=ax, shrink=0.8, pad=0.01,
-                            label=f"{highlight} carried from '{tokens[output_token]}'")
-    _draw_nodes(graph, positions, ax, scores, mappable, (num_layers, output_token))
+                            label=f"{highlight} carried from {source_label}")
+    _draw_nodes(graph, positions, ax, scores, mappable, [(num_layers, source) for source in sources])
     _label_axes(ax, tokens, num_layers)
     if title is None:
         title = "Attention graph" if highlight is None else (
-            f"Attention {highlight} from '{tokens[output_token]}' (layer {num_layers})")
+            f"Attention {highlight} from {source_label} (layer {num_layers})")
     ax.set_title(title)
     save_figure(figure, path)
     return figure
@@ -251,18 +282,18 @@ def _draw_highlight(graph: nx.DiGraph, positions: Dict, mass: np.ndarray, ax: Ax
 
 
 def _draw_nodes(graph: nx.DiGraph, positions: Dict, ax: Axes, scores: Optional[np.ndarray],
-                mappable: Optional[ScalarMappable], output_node: Tuple[int, int]) -> None:
+                mappable: Optional[ScalarMappable], explained_nodes: List[Tuple[int, int]]) -> None:
     nodes = list(graph.nodes)
     # Input nodes share the edges' color scale, so a node reads as "this much arrived here".
-    colors = [mappable.to_rgba(scores[position]) if scores is not None and layer == 0 else "white"
-               for layer, position in nodes]
+    colors = [mappable.to_rgba(scores[position]) if scores is not None and mappable is not None and layer == 0
+              else "white" for layer, position in nodes]
     nx.draw_networkx_nodes(graph, positions, nodelist=nodes, ax=ax, node_size=110, node_color=colors,
                            edgecolors="#333333", linewidths=0.8)
     if scores is not None:
         for position, score in enumerate(scores):
             ax.annotate(f"{score:.2f}", (position, 0), xytext=(0, -11), textcoords="offset points",
                         ha="center", va="top", fontsize=7, color="#333333")
-    nx.draw_networkx_nodes(graph, positions, nodelist=[output_node], ax=ax, node_size=190,
+    nx.draw_networkx_nodes(graph, positions, nodelist=explained_nodes, ax=ax, node_size=190,
                            node_color="white", edgecolors="crimson", linewidths=2.5)
 
 

@@ -10,7 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from captum_attnflow.exceptions import InvalidInputError
-from captum_attnflow.visualization._common import PathLike, new_figure, save_figure, to_numpy
+from captum_attnflow.visualization._common import PathLike, new_figure, root_figure, save_figure, to_numpy
 
 
 def _image_hwc(image) -> np.ndarray:
@@ -100,7 +100,7 @@ def image_overlay(attribution, image, *, sign: str = "positive", method: str = "
         figure, grid = new_figure((6.0 if show_original else 3.2, 3.2), ncols=2 if show_original else 1)
         axes = list(grid[0])
     else:
-        figure, axes, show_original = ax.figure, [ax], False
+        figure, axes, show_original = root_figure(ax), [ax], False
     if show_original:
         _show_image(axes[0], image_hwc)
     # visualize_image_attr treats a max <= 1 image as [0, 1] floats and rescales it itself.

@@ -1,6 +1,6 @@
 """Per-layer attribution maps (the paper's Fig. 3/4) and per-token method comparisons."""
 
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from captum_attnflow.visualization._common import (
     PathLike,
     check_tokens,
     new_figure,
+    root_figure,
     save_figure,
     to_numpy,
 )
@@ -25,12 +26,12 @@ from captum_attnflow.visualization.graph import _check_example
 MAP_METHODS = ("raw", "rollout", "flow")
 
 
-def layer_attribution_maps(attentions, *, output_token: int = 0, example: int = 0,
+def layer_attribution_maps(attentions, *, token_index: int = 0, example: int = 0,
                            methods: Sequence[str] = MAP_METHODS, head_fusion: str = "mean",
                            residual_weight: float = 0.5) -> Dict[str, np.ndarray]:
     """Raw attention, rollout and flow of one token after every layer, as ``(L, S)`` arrays.
 
-    Row ``l`` of each map explains ``output_token`` after layer ``l + 1``: ``"raw"`` is the
+    Row ``l`` of each map explains ``token_index`` after layer ``l + 1``: ``"raw"`` is the
     head-fused attention row (no residual), ``"rollout"`` the rollout row and ``"flow"`` the
     normalized attention flow, all computed with :mod:`captum_attnflow.functional`.
 
@@ -46,16 +47,16 @@ def layer_attribution_maps(attentions, *, output_token: int = 0, example: int = 
     stacked = torch.stack(list(attentions)) if isinstance(attentions, (list, tuple)) else attentions
     example = _check_example(example, stacked.shape[1])
     stacked = stacked[:, example: example + 1]  # keep a batch of one: flow runs per example
-    options = dict(head_fusion=head_fusion, residual_weight=residual_weight)
+    options: Dict[str, Any] = dict(head_fusion=head_fusion, residual_weight=residual_weight)
     maps = {}
     if "raw" in methods:
-        maps["raw"] = to_numpy(fuse_heads(stacked, head_fusion)[:, 0, output_token], "attentions")
+        maps["raw"] = to_numpy(fuse_heads(stacked, head_fusion)[:, 0, token_index], "attentions")
     if "rollout" in methods:
-        maps["rollout"] = to_numpy(attention_rollout(stacked, **options)[:, 0, output_token], "rollout")
+        maps["rollout"] = to_numpy(attention_rollout(stacked, **options)[:, 0, token_index], "rollout")
     if "flow" in methods:
         num_layers = transition_matrices(stacked, **options).shape[0]
         maps["flow"] = np.stack([
-            to_numpy(attention_flow(stacked, token_index=output_token, layer=layer, **options)[0], "flow")
+            to_numpy(attention_flow(stacked, token_index=token_index, layer=layer, **options)[0], "flow")
             for layer in range(num_layers)])
     return maps
 
@@ -69,7 +70,7 @@ def _map_array(values, example: int, name: str) -> np.ndarray:
     return array
 
 
-def plot_layer_maps(maps, tokens: Sequence[str], *, example: int = 0, output_token: int = 0,
+def plot_layer_maps(maps, tokens: Sequence[str], *, example: int = 0, token_index: int = 0,
                     hide_positions: Sequence[int] = (), axes: Optional[Sequence[Axes]] = None, cmap: str = "viridis",
                     title: Optional[str] = None, path: Optional[PathLike] = None, **map_options) -> Figure:
     """One heat map per method: layers bottom-to-top (numbered from 1, as in the paper), tokens left-to-right.
@@ -84,7 +85,7 @@ def plot_layer_maps(maps, tokens: Sequence[str], *, example: int = 0, output_tok
             :func:`layer_attribution_maps` computes raw attention, rollout and flow.
         tokens: one label per position.
         example: which example of a batched map to draw.
-        output_token: the explained token (used when ``maps`` are attentions).
+        token_index: the explained token (used when ``maps`` are attentions).
         hide_positions: positions left out of the picture (scores unchanged), e.g. ``(0,)``
             when ``[CLS]``'s share of its own explanation drowns out every word.
         axes: one axes per method to draw into (no wrapping); by default a new figure.
@@ -105,7 +106,7 @@ def plot_layer_maps(maps, tokens: Sequence[str], *, example: int = 0, output_tok
         ['raw', 'rollout', 'flow']
     """
     if not isinstance(maps, Mapping):
-        maps = layer_attribution_maps(maps, output_token=output_token, example=example, **map_options)
+        maps = layer_attribution_maps(maps, token_index=token_index, example=example, **map_options)
         example = 0
     arrays = {name: _map_array(values, example, name) for name, values in maps.items()}
     if not arrays:
@@ -125,7 +126,7 @@ def plot_layer_maps(maps, tokens: Sequence[str], *, example: int = 0, output_tok
             raise InvalidParameterError(f"Got {len(axes)} axes for {len(arrays)} methods; pass one per method.")
         for ax, (name, array) in zip(axes, arrays.items()):
             _draw_map(ax, array[:, shown], labels, name, colormaps[cmap])
-        figure = axes[0].figure
+        figure = root_figure(axes[0])
     else:
         figure = _layer_map_figure({name: array[:, shown] for name, array in arrays.items()}, labels,
                                    colormaps[cmap])
@@ -185,8 +186,8 @@ def _draw_map(ax: Axes, array: np.ndarray, tokens: Sequence[str], name: str, cma
 
 
 def plot_method_comparison(attributions: Mapping[str, object], tokens: Sequence[str], *, example: int = 0,
-                           ax: Optional[Axes] = None, title: Optional[str] = None,
-                           path: Optional[PathLike] = None) -> Figure:
+                           hide_positions: Sequence[int] = (), ax: Optional[Axes] = None,
+                           title: Optional[str] = None, path: Optional[PathLike] = None) -> Figure:
     """Grouped bars: every method's score per token, each scaled by its largest magnitude.
 
     Scaling makes methods with different units (a distribution for rollout and flow,
@@ -198,6 +199,9 @@ def plot_method_comparison(attributions: Mapping[str, object], tokens: Sequence[
         attributions: ``{method name: (S,) or (B, S) scores}``.
         tokens: one label per position.
         example: which example of batched scores to draw.
+        hide_positions: positions left out of the bars *and of the scaling*, e.g. ``[CLS]`` and
+            ``[SEP]``, which attention methods of a mean-pooled model score far above every word:
+            scaled by them, every word's bar is equally short and the ranking disappears.
         ax: axes to draw into; by default a new figure.
         title: figure title.
         path: also save the figure there.
@@ -214,17 +218,22 @@ def plot_method_comparison(attributions: Mapping[str, object], tokens: Sequence[
             array = array[_check_example(example, array.shape[0])]
         if array.ndim != 1:
             raise InvalidInputError(f"Scores of '{name}' must have shape (S,) or (B, S); got {array.shape}.")
-        peak = np.abs(array).max()
-        rows[name] = array / peak if peak > 0 else array
+        rows[name] = array
     if not rows:
         raise InvalidInputError("attributions is empty; pass at least one method.")
     seq_len = len(next(iter(rows.values())))
     tokens = check_tokens(tokens, seq_len)
     if any(len(row) != seq_len for row in rows.values()):
         raise InvalidInputError("Every method must score the same number of tokens.")
+    hidden = {check_position(position, seq_len, "hide_positions") for position in hide_positions}
+    shown = [position for position in range(seq_len) if position not in hidden]
+    if not shown:
+        raise InvalidParameterError("hide_positions hides every token; keep at least one.")
+    rows = {name: _scaled_by_peak(row[shown]) for name, row in rows.items()}
+    tokens, seq_len = [tokens[position] for position in shown], len(shown)
     inches_per_token = 0.55 * max(1.0, len(rows) / 3)
     if ax is not None:
-        figure, axes, lines = ax.figure, [ax], [range(seq_len)]
+        figure, axes, lines = root_figure(ax), [ax], [range(seq_len)]
     else:
         lines = _token_lines(seq_len, max(4, int((MAX_FIGURE_WIDTH - 1.5) / inches_per_token)))
         width = max(6.0, inches_per_token * len(lines[0]) + 1.5)
@@ -240,6 +249,11 @@ def plot_method_comparison(attributions: Mapping[str, object], tokens: Sequence[
         (axes[0].set_title if ax is not None else figure.suptitle)(title)
     save_figure(figure, path)
     return figure
+
+
+def _scaled_by_peak(row: np.ndarray) -> np.ndarray:
+    peak = np.abs(row).max()
+    return row / peak if peak > 0 else row
 
 
 def _draw_bars(ax: Axes, rows: Dict[str, np.ndarray], tokens: Sequence[str], width_tokens: int,

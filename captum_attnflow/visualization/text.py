@@ -15,7 +15,7 @@ string: no IPython needed, and it can be written to a standalone file. Two color
 import html
 import math
 import os
-from typing import List, Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from captum.attr import visualization as captum_visualization
@@ -144,7 +144,7 @@ def comparison_html(tokens_list: Sequence[Sequence[str]], attributions: Mapping[
                     true_labels: Optional[Sequence] = None, pred_labels: Optional[Sequence] = None,
                     pred_probs: Optional[Sequence[float]] = None, pred_header: str = "predicted",
                     scale: str = "max", unranked: Optional[Sequence[Sequence[bool]]] = None,
-                    correlations: Optional[Mapping[str, Sequence[float]]] = None,
+                    correlations: Optional[Mapping[str, Sequence[Union[float, str, None]]]] = None,
                     correlation_header: str = "correlation", title: str = "Attribution comparison",
                     description: Optional[str] = None, path: Optional[PathLike] = None) -> str:
     """A standalone HTML page with a row per method per example, methods side by side.

@@ -79,7 +79,7 @@ def find_data_dir(data_dir: Optional[os.PathLike] = None) -> Path:
 def load_examples(data_dir: Optional[os.PathLike] = None) -> List[Example]:
     """All examples of every group, in file order (folder found by :func:`find_data_dir`)."""
     data_dir = find_data_dir(data_dir)
-    examples = []
+    examples: List[Example] = []
     for group, filename in GROUP_FILES.items():
         with open(data_dir / filename, encoding="utf-8") as handle:
             examples.extend(ex for ex in (parse_line(line, group) for line in handle) if ex is not None)
@@ -191,7 +191,7 @@ def length_bucketed_batches(examples: Sequence[Example], batch_size: int, *,
     rng.shuffle(order)
     # Sort within chunks of 50 batches, then shuffle the batches themselves.
     chunk = batch_size * 50
-    batches = []
+    batches: List[List[int]] = []
     for start in range(0, len(order), chunk):
         block = sorted(order[start:start + chunk], key=lambda i: len(examples[i].tokens))
         batches.extend(block[i:i + batch_size] for i in range(0, len(block), batch_size))

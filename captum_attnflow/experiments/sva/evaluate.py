@@ -70,7 +70,7 @@ def attention_matrices(model: SvaTransformer, input_ids: torch.Tensor, mask: tor
 
 def method_scores(matrices: Mapping[str, torch.Tensor], real: torch.Tensor) -> Dict[str, Dict[str, torch.Tensor]]:
     """``{relevance: {method: (L, B, S)}}`` for every relevance choice (``[CLS]`` row, max, mean)."""
-    return {relevance: {method: reduce_output_positions(matrix.float(), reduction, row=0, output_mask=real)
+    return {relevance: {method: reduce_output_positions(matrix.float(), reduction, token_index=0, output_mask=real)
                         for method, matrix in matrices.items()}
             for relevance, reduction in RELEVANCES.items()}
 
@@ -87,7 +87,7 @@ def reference_scores(model: SvaTransformer, batch: Dict[str, torch.Tensor], voca
     input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     args = (mask,)
     unscored = (vocab.eos_id,) if end_token else ()
-    result = {}
+    result: Dict[tuple, torch.Tensor] = {}
     for name, replacement in (("unk", vocab.unk_id), ("pad", vocab.pad_id)):
         blank = BlankOut(wrapped, replacement, output_type="probs", unscored_token_ids=unscored)
         result[("blank_out", name, "gold")] = blank.attribute(

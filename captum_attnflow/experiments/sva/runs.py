@@ -74,7 +74,8 @@ def evaluate_run(directory: Path, *, data_dir: Optional[Path] = None, n_eval: Op
 
 
 def save_run(run: RunData, directory: Path) -> None:
-    np.savez_compressed(directory / CORRELATIONS_NAME, groups=run.groups, **flatten(run.correlations))
+    # numpy's stub matches **arrays against its allow_pickle: bool parameter.
+    np.savez_compressed(directory / CORRELATIONS_NAME, groups=run.groups, **flatten(run.correlations))  # type: ignore[arg-type]
     meta = {"protocol": run.protocol, "seed": run.seed, "settings": asdict(run.settings),
             "train_log": run.train_log, "accuracy": run.accuracy, "timings": run.timings,
             "eval_time_s": run.eval_time_s}

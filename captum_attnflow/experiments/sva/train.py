@@ -5,7 +5,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -162,7 +162,7 @@ def train_model(settings: TrainSettings, split: Split, vocab: Vocabulary, *,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(total_steps, max(1, int(settings.warmup_fraction * total_steps))))
     rng = random.Random(settings.seed)
-    log = {"epochs": [], "stopped_early": False}
+    log: Dict[str, Any] = {"epochs": [], "stopped_early": False}
     start = time.perf_counter()
     for epoch in range(settings.epochs):
         model.train()
