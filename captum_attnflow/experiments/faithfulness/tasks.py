@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from captum_attnflow.evaluation.faithfulness import RemoveFn, replace_tokens, zero_patches
+from captum_attnflow.exceptions import UnsupportedModelError
 
 TASKS = ("sva", "minilm", "vit")
 
@@ -79,7 +80,8 @@ def _layers_top_down(model: nn.Module, num_layers: int) -> List[str]:
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == num_layers:
             return [f"{name}.{index}" for index in reversed(range(num_layers))]
-    raise RuntimeError(f"no list of {num_layers} layers found in {type(model).__name__}")
+    raise UnsupportedModelError(f"no list of {num_layers} layers found in {type(model).__name__}; the parameter "
+                                "randomisation check needs the transformer blocks as an nn.ModuleList.")
 
 
 def _units_of_tokens(scores: torch.Tensor) -> torch.Tensor:
