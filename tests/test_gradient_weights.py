@@ -475,7 +475,8 @@ def test_attention_edges_ignore_the_target(bert):
 def test_llm_rows_each_explain_their_own_token(gpt2):
     from captum.attr import TextTokenInput
 
-    from captum_attnflow.attr.llm_attention import causal_lm_forward, word_level_tokenizer
+    from captum_attnflow.capture.llm import causal_lm_forward
+    from captum_attnflow.toy import word_level_tokenizer
 
     tokenizer = word_level_tokenizer("a b c d e f g h i j".split())
     prompt = TextTokenInput("a b c d", tokenizer)

@@ -32,7 +32,6 @@ from captum_attnflow.exceptions import (
     InvalidParameterError,
     UnsupportedModelError,
 )
-from captum_attnflow.toy import word_level_tokenizer  # noqa: F401  (the earlier import path; its home is toy)
 
 #: Options of the wrapped method that this class sets itself.
 _RESERVED_OPTIONS = ("token_index", "return_all_layers", "additional_forward_args", "target",
