@@ -323,8 +323,10 @@ def resolve_model(forward_func: Callable, model: Optional[nn.Module] = None) -> 
 
 
 @contextlib.contextmanager
-def _recording_hooks(adapter: AttentionAdapter, modules: Sequence[nn.Module], session: CaptureSession):
-    """Forward hooks that check and record each layer of the calling thread's forward pass."""
+def _recording_hooks(adapter: AttentionAdapter, modules: Sequence[nn.Module], session: CaptureSession,
+                     on_weights: Optional[Callable[[torch.Tensor, str], None]] = None):
+    """Forward hooks that check and record each layer of the calling thread's forward pass;
+    ``on_weights(weights, where)`` sees each layer's weights first (gradient capture keeps them)."""
 
     def record(module, _args, output):
         if not session.is_mine():
@@ -339,7 +341,10 @@ def _recording_hooks(adapter: AttentionAdapter, modules: Sequence[nn.Module], se
                 f"Load the model with attn_implementation='eager' or use a model the "
                 f"'{adapter.name}' adapter can switch to eager attention."
             )
-        session.record_layer(weights, f"attention layer {len(session.recorded) + 1} ({type(module).__name__})")
+        where = f"attention layer {len(session.recorded) + 1} ({type(module).__name__})"
+        if on_weights is not None:
+            on_weights(weights, where)
+        session.record_layer(weights, where)
 
     handles = [module.register_forward_hook(record) for module in modules]
     try:

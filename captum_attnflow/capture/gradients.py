@@ -46,6 +46,7 @@ from captum_attnflow.capture.base import (
     CaptureSession,
     _check_layer_count,
     _observed_or_explicit_mask,
+    _recording_hooks,
     _stack_counter,
     _warn_if_training,
     find_adapter,
@@ -202,38 +203,19 @@ def _multiplied_tensor(weights: torch.Tensor) -> torch.Tensor:
     return weights
 
 
-@contextlib.contextmanager
 def _live_recording_hooks(adapter: AttentionAdapter, modules: Sequence[nn.Module], session: CaptureSession,
-                          live: List[torch.Tensor]) -> Iterator[None]:
-    """Forward hooks that check and record each layer (detached, every head) and keep the graph tensor."""
+                          live: List[torch.Tensor]):
+    """The capture's recording hooks, also keeping each layer's graph tensor (every head)."""
 
-    def record(module, _args, output):
-        if not session.is_mine():
-            return
-        if session.cross_calls.get(id(module)):
-            session.cross_calls[id(module)] -= 1  # cross-attention: never a layer of the self-attention stack
-            return
-        weights = adapter.weights_from_output(module, output)
-        if weights is None:
-            raise AttentionCaptureError(
-                f"{type(module).__name__} returned no attention weights (fused or flash kernel). Load the model "
-                f"with attn_implementation='eager' or use a model the '{adapter.name}' adapter can switch to eager "
-                "attention.")
-        where = f"attention layer {len(session.recorded) + 1} ({type(module).__name__})"
+    def keep_live(weights: torch.Tensor, where: str) -> None:
         if not weights.requires_grad:
             raise AttentionCaptureError(
                 f"{where} returned weights that are not part of the autograd graph (computed under no_grad or "
                 "detached), so the output's gradient with respect to them cannot be taken; gradient edge weights "
                 "need the weights the model multiplies the values with.")
         live.append(_multiplied_tensor(weights))
-        session.record_layer(weights, where)
 
-    handles = [module.register_forward_hook(record) for module in modules]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return _recording_hooks(adapter, modules, session, on_weights=keep_live)
 
 
 def _record_live(adapter: AttentionAdapter, forward_func: Callable, inputs: torch.Tensor, forward_args: Tuple,
