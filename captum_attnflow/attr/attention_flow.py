@@ -31,7 +31,7 @@ class AttentionFlow(AttentionAttributionBase):
     layer matrices ``I + E_h[(∇A_l ⊙ A_l)^+]`` (arXiv:2103.15679), not renormalised, so the flow
     through one layer equals Chefer's relevance (the product of those matrices) there; with
     ``"grad_rollout"`` they are vit-explain's renormalised rows. See
-    :mod:`captum_attnflow.functional.edge_flow`.
+    :func:`captum_attnflow.functional.attention_flow`.
     The scores are :func:`captum_attnflow.functional.attention_flow` of the captured weights.
 
     Example:

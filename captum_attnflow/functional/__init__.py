@@ -15,7 +15,6 @@ from captum_attnflow.functional.causal import (
     receptive_field_transitions,
     uniform_causal_attention,
 )
-from captum_attnflow.functional.edge_flow import attention_flow
 from captum_attnflow.functional.encoder_decoder import (
     EncoderDecoderAttentions,
     chefer_relevance,
@@ -23,6 +22,7 @@ from captum_attnflow.functional.encoder_decoder import (
     joint_transitions,
 )
 from captum_attnflow.functional.flow import (
+    attention_flow,
     batched_flow_from_transitions,
     flow_attribution,
     flow_from_transitions,

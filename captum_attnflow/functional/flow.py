@@ -217,7 +217,8 @@ def attention_flow(attentions, *, token_index: TokenIndex = 0, layer: Optional[i
                    attention_mask: Optional[torch.Tensor] = None, backend: str = "auto",
                    causal_normalization: bool = False, allow_large: bool = False,
                    executor: Optional[Executor] = None, chunk_size: Optional[int] = None,
-                   show_progress: Optional[bool] = None) -> torch.Tensor:
+                   show_progress: Optional[bool] = None, edge_weights: str = "attention",
+                   attention_grads=None, start_layer: int = 0, discard_mode: str = "row") -> torch.Tensor:
     """Attention flow from the explained position(s) after ``layer`` to every input token.
 
     The graph has a node per (layer, position), layer 0 being the inputs, and an edge
@@ -253,6 +254,18 @@ def attention_flow(attentions, *, token_index: TokenIndex = 0, layer: Optional[i
         chunk_size: with ``executor``, examples per submitted task (default: the batch in 8 tasks).
         show_progress: a progress bar over the max-flow problems: ``None`` (default) shows one
             once a call has run for 2 s; ``True``/``False`` force it on or off.
+        edge_weights: ``"attention"`` (default: capacities ``Â_l``, heads fused, residual added,
+            rows renormalised), ``"gradient"`` (Chefer et al. 2021: capacities
+            ``I + Ā_l``, ``Ā_l = E_h[(∇A_l ⊙ A_l)^+]``, *not* renormalised, the matrices whose
+            product is Chefer's relevance, so one layer's raw flow is the gradient rollout) or
+            ``"grad_rollout"`` (vit-explain's renormalised rows); see
+            :func:`~captum_attnflow.functional.transition_matrices`. Over several layers flow
+            differs from the product as it does for attention (a bottleneck, not a sum over paths).
+        attention_grads: for the gradient weightings, ``∂y/∂A`` shaped like ``attentions``;
+            taken from ``attentions`` when they carry it.
+        start_layer: layers before it (Python-list index) are skipped (identity capacities).
+        discard_mode: ``"row"`` or ``"matrix"`` (vit-explain), see
+            :func:`~captum_attnflow.functional.discard_lowest`.
 
     Returns:
         ``[L,] B`` followed by ``S``, ``P, S`` or ``S, S`` (see ``token_index``), in the
@@ -264,6 +277,11 @@ def attention_flow(attentions, *, token_index: TokenIndex = 0, layer: Optional[i
         >>> attentions = torch.softmax(torch.randn(3, 1, 2, 5, 5), -1)
         >>> flow = attention_flow(attentions, token_index=0, layer=0, normalize=False)
         >>> torch.allclose(flow, attention_rollout(attentions)[0, :, 0], atol=1e-6)
+        True
+        >>> grads = torch.randn(3, 1, 2, 5, 5)
+        >>> options = dict(edge_weights="gradient", attention_grads=grads, token_index=0, layer=0)
+        >>> flow = attention_flow(attentions, normalize=False, **options)  # one layer: the capacities
+        >>> torch.allclose(flow, attention_rollout(attentions, **options), atol=1e-6)
         True
     """
     check_flag("normalize", normalize)
@@ -278,11 +296,15 @@ def attention_flow(attentions, *, token_index: TokenIndex = 0, layer: Optional[i
                                   return_all_layers=return_all_layers, head_fusion=head_fusion,
                                   residual_weight=residual_weight, discard_ratio=discard_ratio,
                                   attention_mask=attention_mask, causal_normalization=causal_normalization,
-                                  baseline_dtype=torch.float64, baseline_device=torch.device("cpu"))
+                                  baseline_dtype=torch.float64, baseline_device=torch.device("cpu"),
+                                  edge_weights=edge_weights, attention_grads=attention_grads,
+                                  start_layer=start_layer, discard_mode=discard_mode)
+    # The cost model's residual bound holds for renormalised rows only (not Chefer's I + Ā).
     scores = flow_attribution(problem.transitions, problem.explained, problem.layers, normalize=normalize,
                               backend=backend, allow_large=allow_large, causal_baseline=problem.causal_baseline,
                               executor=executor, chunk_size=chunk_size, valid=problem.valid,
-                              residual_weight=residual_weight, show_progress=show_progress)
+                              residual_weight=None if edge_weights == "gradient" else residual_weight,
+                              show_progress=show_progress)
     scores = scores.to(device=problem.device, dtype=problem.dtype)
     return scores if return_all_layers else scores[0]
 
