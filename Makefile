@@ -26,7 +26,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS) tools/install_torch.
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) tools/install_torch.py $(TORCH_VERSION)
-	$(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test,model]"
+	# docs: the docs tests (docstring rewriting, the strict site build) run in the same environment.
+	$(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test,model,docs]"
 	touch $@
 
 # Static checks CI runs before the tests: ruff and mypy (config of both in pyproject.toml).
