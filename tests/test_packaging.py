@@ -61,7 +61,7 @@ def test_every_make_target_that_installs_uses_the_lock(tmp_path):
     plan = subprocess.run(["make", "-n", "-B", "bench", "reproduce", "demo", "test", f"VENV={tmp_path / 'v'}"],
                           cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "tools/install_torch.py 2.13.0" in plan
-    assert "-c constraints.txt -e .[test,model]" in plan.replace('"', "")
+    assert "-c constraints.txt -e .[test,model,docs]" in plan.replace('"', "")
     oldest = subprocess.run(["make", "-n", "-B", "test-oldest", f"OLDEST_VENV={tmp_path / 'o'}"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout
     assert "-c constraints-oldest.txt" in oldest and '-m "not slow"' in oldest
