@@ -461,18 +461,8 @@ def capture_attention(forward_func: Callable, inputs: torch.Tensor, additional_f
     """
     if head_fusion is not None:
         check_head_fusion(head_fusion)
-    if adapter is None:
-        owner = resolve_model(forward_func, model)
-        adapter = find_adapter(owner, resolve_stack(owner, stack))
-    elif stack is not None:
-        raise InvalidParameterError("Pass stack= or adapter=, not both: an adapter already knows its stack.")
-    forward_args = format_forward_args(additional_forward_args)
-    adapter.check_forward_args(forward_func, inputs, forward_args)
-    session = CaptureSession(head_fusion=head_fusion, training=_warn_if_training(adapter.model),
-                             inputs=inputs if isinstance(inputs, torch.Tensor) else None, forward_args=forward_args)
-    if attention_mask is not None and not adapter.observes_padding_mask:
-        # Known before the forward pass: the hooks zero the rows of padded queries with it.
-        session.observed_mask = padding_mask_to_valid(attention_mask)
+    adapter, forward_args = _checked_call(forward_func, inputs, additional_forward_args, model, adapter, stack)
+    session = _new_session(adapter, inputs, forward_args, head_fusion, attention_mask)
     with model_lock(adapter.lock_key()):
         outputs = adapter.record(forward_func, inputs, forward_args, session)
     _check_layer_count(adapter, session)
@@ -480,6 +470,29 @@ def capture_attention(forward_func: Callable, inputs: torch.Tensor, additional_f
     mask = _observed_or_explicit_mask(adapter, session, attention_mask, attentions.shape[1], attentions.shape[-1])
     return CapturedAttention(attentions=attentions, attention_mask=mask, head_fusion=head_fusion, checked=True,
                              outputs=outputs, adapter=adapter, batch_first=session.batch_first)
+
+
+def _checked_call(forward_func: Callable, inputs: Any, additional_forward_args: Any, model: Optional[nn.Module],
+                  adapter: Optional[AttentionAdapter], stack: StackChoice) -> Tuple[AttentionAdapter, Tuple]:
+    """The adapter of the stack to capture and the call's extra arguments, checked before any forward pass."""
+    if adapter is None:
+        owner = resolve_model(forward_func, model)
+        adapter = find_adapter(owner, resolve_stack(owner, stack))
+    elif stack is not None:
+        raise InvalidParameterError("Pass stack= or adapter=, not both: an adapter already knows its stack.")
+    forward_args = format_forward_args(additional_forward_args)
+    adapter.check_forward_args(forward_func, inputs, forward_args)
+    return adapter, forward_args
+
+
+def _new_session(adapter: AttentionAdapter, inputs: Any, forward_args: Tuple, head_fusion: Optional[str],
+                 attention_mask: Optional[torch.Tensor]) -> CaptureSession:
+    session = CaptureSession(head_fusion=head_fusion, training=_warn_if_training(adapter.model),
+                             inputs=inputs if isinstance(inputs, torch.Tensor) else None, forward_args=forward_args)
+    if attention_mask is not None and not adapter.observes_padding_mask:
+        # Known before the forward pass: the hooks zero the rows of padded queries with it.
+        session.observed_mask = padding_mask_to_valid(attention_mask)
+    return session
 
 
 def _check_layer_count(adapter: AttentionAdapter, session: CaptureSession) -> None:

@@ -38,22 +38,20 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from captum_attnflow._args import format_forward_args
 from captum_attnflow._compat import select_targets
 from captum_attnflow.capture.base import (
     AttentionAdapter,
     CapturedAttention,
     CaptureSession,
     _check_layer_count,
+    _checked_call,
+    _new_session,
     _observed_or_explicit_mask,
     _recording_hooks,
     _stack_counter,
-    _warn_if_training,
-    find_adapter,
     model_lock,
-    resolve_model,
 )
-from captum_attnflow.capture.stacks import StackChoice, resolve_stack
+from captum_attnflow.capture.stacks import StackChoice
 from captum_attnflow.exceptions import (
     AttentionCaptureError,
     InvalidInputTypeError,
@@ -274,20 +272,9 @@ def capture_attention_gradients_per_target(forward_func: Callable, inputs: torch
     targets = [check_target(target) for target in targets]
     if not targets:
         raise InvalidParameterError("targets is empty; pass at least one target.")
-    if adapter is None:
-        owner = resolve_model(forward_func, model)
-        adapter = find_adapter(owner, resolve_stack(owner, stack))
-    elif stack is not None:
-        raise InvalidParameterError("Pass stack= or adapter=, not both: an adapter already knows its stack.")
-    forward_args = format_forward_args(additional_forward_args)
-    adapter.check_forward_args(forward_func, inputs, forward_args)
+    adapter, forward_args = _checked_call(forward_func, inputs, additional_forward_args, model, adapter, stack)
     _check_batch_independence(adapter.model)
-    session = CaptureSession(head_fusion=None, training=_warn_if_training(adapter.model),
-                             inputs=inputs if isinstance(inputs, torch.Tensor) else None, forward_args=forward_args)
-    if attention_mask is not None and not adapter.observes_padding_mask:
-        from captum_attnflow._validation import padding_mask_to_valid
-
-        session.observed_mask = padding_mask_to_valid(attention_mask)
+    session = _new_session(adapter, inputs, forward_args, None, attention_mask)
     live: List[torch.Tensor] = []
     with model_lock(adapter.lock_key()):
         outputs = _record_live(adapter, forward_func, inputs, forward_args, session, live)
